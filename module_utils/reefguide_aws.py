@@ -1,0 +1,166 @@
+# -*- coding: utf-8 -*-
+# Shared AWS plumbing for the reefguide-efs modules: one way to build clients,
+# one retry policy, one way to turn botocore errors into messages that say
+# which resource failed and what to do.
+#
+# Runs on the controller (the project's virtual environment, recent boto3) and
+# on the management instance (the distribution's python3-boto3, which can be
+# old: Debian 12 ships 1.26, before boto3 read AWS_ENDPOINT_URL by itself), so
+# the endpoint variables are resolved here rather than trusted to boto3.
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Optional
+
+try:
+    import boto3
+    import botocore
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    HAS_BOTO3 = True
+    BOTO3_IMPORT_ERROR = None
+except ImportError as exc:  # pragma: no cover - reported by require_boto3()
+    HAS_BOTO3 = False
+    BOTO3_IMPORT_ERROR = exc
+
+# Merged into every AWS-facing module's argument_spec.
+AWS_COMMON_ARGS: dict[str, dict[str, Any]] = dict(
+    region=dict(type="str", aliases=["aws_region"]),
+    profile=dict(type="str", aliases=["aws_profile"]),
+    endpoint_url=dict(type="str", aliases=["aws_endpoint_url"]),
+    max_attempts=dict(type="int", default=10),
+)
+
+# boto3 service name -> the suffix of AWS_ENDPOINT_URL_<SERVICE>.
+_ENDPOINT_ENV_SUFFIX = {
+    "cloudformation": "CLOUDFORMATION",
+    "ec2": "EC2",
+    "efs": "EFS",
+    "s3": "S3",
+    "ssm": "SSM",
+    "sts": "STS",
+}
+
+
+def require_boto3(module: Any) -> None:
+    """Fail with a message that says how to get boto3 where the module runs."""
+    if not HAS_BOTO3:
+        module.fail_json(
+            msg=(
+                "boto3 is not importable by %s (%s). On the controller run "
+                "'make venv'; on Amazon Linux 2023 'dnf install -y python3-boto3'."
+            )
+            % (sys.executable, BOTO3_IMPORT_ERROR)
+        )
+
+
+def resolve_endpoint(service: str, explicit: Optional[str] = None) -> Optional[str]:
+    """The endpoint for a service: explicit argument, then AWS_ENDPOINT_URL_<SVC>,
+    then AWS_ENDPOINT_URL; None means the real AWS endpoint."""
+    if explicit:
+        return explicit
+    suffix = _ENDPOINT_ENV_SUFFIX.get(service, service.upper())
+    return os.environ.get("AWS_ENDPOINT_URL_" + suffix) or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def aws_session(region: Optional[str] = None, profile: Optional[str] = None) -> "boto3.session.Session":
+    kwargs: dict[str, Any] = {}
+    if profile:
+        kwargs["profile_name"] = profile
+    if region:
+        kwargs["region_name"] = region
+    return boto3.session.Session(**kwargs)
+
+
+def client_config(max_attempts: int = 10, max_pool_connections: int = 10, path_style: bool = False) -> "Config":
+    """botocore's 'standard' retry mode: exponential back-off with jitter on
+    throttling, 5xx and connection errors, bounded by max_attempts."""
+    kwargs: dict[str, Any] = dict(
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        max_pool_connections=max_pool_connections,
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    if path_style:
+        kwargs["s3"] = {"addressing_style": "path"}
+    return Config(**kwargs)
+
+
+def aws_client(
+    service: str,
+    region: Optional[str] = None,
+    profile: Optional[str] = None,
+    endpoint_url: Optional[str] = None,
+    max_attempts: int = 10,
+    max_pool_connections: int = 10,
+    session: Any = None,
+) -> Any:
+    """A boto3 client honouring region, profile and endpoint overrides."""
+    session = session or aws_session(region, profile)
+    endpoint = resolve_endpoint(service, endpoint_url)
+    config = client_config(max_attempts, max_pool_connections, path_style=bool(endpoint) and service == "s3")
+    return session.client(service, endpoint_url=endpoint, config=config)
+
+
+def client_from_params(module: Any, service: str, max_pool_connections: int = 10) -> Any:
+    """aws_client() from a module's AWS_COMMON_ARGS parameters."""
+    p = module.params
+    try:
+        return aws_client(
+            service,
+            region=p.get("region"),
+            profile=p.get("profile"),
+            endpoint_url=p.get("endpoint_url"),
+            max_attempts=p.get("max_attempts") or 10,
+            max_pool_connections=max_pool_connections,
+        )
+    except botocore.exceptions.ProfileNotFound as exc:
+        module.fail_json(msg="AWS profile not found: %s. List profiles with 'aws configure list-profiles'." % exc)
+    except BotoCoreError as exc:
+        module.fail_json(msg="Cannot create the %s client: %s" % (service, exc))
+
+
+def error_code(exc: BaseException) -> str:
+    """The AWS error code of a botocore error ('' when there is none)."""
+    if HAS_BOTO3 and isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+_HINTS = {
+    "AccessDenied": "the credentials in use lack this permission; see docs/iam/ for the policy the playbooks need",
+    "AccessDeniedException": "the credentials in use lack this permission; see docs/iam/ for the policy the playbooks need",
+    "UnauthorizedOperation": "the credentials in use lack this permission; see docs/iam/ for the policy the playbooks need",
+    "ExpiredToken": "the session token has expired: log in again (e.g. 'aws sso login --profile <profile>')",
+    "ExpiredTokenException": "the session token has expired: log in again (e.g. 'aws sso login --profile <profile>')",
+    "InvalidClientTokenId": "the access key is not valid in this account/region: check the profile",
+    "UnrecognizedClientException": "the access key is not valid in this account/region: check the profile",
+    "SignatureDoesNotMatch": "the secret key does not match the access key: check the profile",
+    "NoSuchBucket": "the bucket does not exist: check the stack name and region",
+    "SlowDown": "S3 kept throttling past the retry budget: lower the concurrency or retry later",
+    "RequestLimitExceeded": "EC2 kept throttling past the retry budget: retry later",
+    "ThrottlingException": "the API kept throttling past the retry budget: retry later",
+}
+
+
+def describe_error(exc: BaseException, what: str) -> str:
+    """'<what> failed: <Code>: <message> (<what to do>)'."""
+    if HAS_BOTO3 and isinstance(exc, NoCredentialsError):
+        return (
+            "%s failed: no AWS credentials found. Set a profile (-e aws_profile=NAME or AWS_PROFILE) "
+            "or run 'aws configure' / 'aws sso login'." % what
+        )
+    code = error_code(exc)
+    if code:
+        msg = exc.response.get("Error", {}).get("Message", "") or str(exc)
+        text = "%s failed: %s: %s" % (what, code, msg)
+        hint = _HINTS.get(code)
+        return text + (" (%s)" % hint if hint else "")
+    return "%s failed: %s" % (what, exc)
+
+
+def fail_aws(module: Any, exc: BaseException, what: str, **extra: Any) -> None:
+    module.fail_json(msg=describe_error(exc, what), error_code=error_code(exc), **extra)

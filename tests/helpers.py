@@ -1,0 +1,73 @@
+"""Run the project's modules the way a playbook does: through ansible, on
+localhost, with the repository's ansible.cfg (so library/ and module_utils/
+resolve) and the JSON callback, and return the module's result."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def ansible_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+        ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+        ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_LOCALHOST_WARNING="0",
+        ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
+        PATH=str(VENV_BIN) + os.pathsep + env.get("PATH", ""),
+    )
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_module(
+    name: str,
+    args: dict[str, Any],
+    check: bool = False,
+    diff: bool = False,
+    env: Optional[dict[str, str]] = None,
+    python: Optional[str] = None,
+    become: bool = False,
+) -> dict[str, Any]:
+    """Result dict of one module call on localhost ('failed' set on failure)."""
+    cmd = [
+        str(VENV_BIN / "ansible"),
+        "localhost",
+        "-i",
+        "localhost,",
+        "-c",
+        "local",
+        "-m",
+        name,
+        "-a",
+        json.dumps(args),
+        "-e",
+        "ansible_python_interpreter=%s" % (python or sys.executable),
+    ]
+    if check:
+        cmd.append("--check")
+    if diff:
+        cmd.append("--diff")
+    if become:
+        cmd.append("--become")
+    proc = subprocess.run(cmd, cwd=ROOT, env=ansible_env(env), capture_output=True, text=True)
+    try:
+        doc = json.loads(proc.stdout)
+        result = doc["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    except (ValueError, KeyError, IndexError) as exc:
+        raise AssertionError(
+            "ansible produced no JSON result (rc=%s): %s\nstdout: %s\nstderr: %s"
+            % (proc.returncode, exc, proc.stdout[-3000:], proc.stderr[-3000:])
+        )
+    return result
