@@ -11,3 +11,20 @@ import ansible.module_utils
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 ansible.module_utils.__path__.append(str(ROOT / "module_utils"))
+
+
+import pytest  # noqa: E402
+
+from lab import Lab  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    """One lab for the whole test session, in its own directory (a user's
+    `make demo` lab in .lab/ is left alone); brought down at the end."""
+    lab = Lab(tmp_path_factory.mktemp("lab"))
+    try:
+        lab.up("--boot-delay", "1")
+        yield lab
+    finally:
+        lab.down()

@@ -39,9 +39,12 @@ def run_module(
     env: Optional[dict[str, str]] = None,
     python: Optional[str] = None,
     become: bool = False,
+    wrap: Optional[list[str]] = None,
 ) -> dict[str, Any]:
-    """Result dict of one module call on localhost ('failed' set on failure)."""
-    cmd = [
+    """Result dict of one module call on localhost ('failed' set on failure).
+    wrap: argv prefix the ansible command runs under (e.g. nsenter into a
+    test's private mount namespace)."""
+    cmd = list(wrap or []) + [
         str(VENV_BIN / "ansible"),
         "localhost",
         "-i",

@@ -1,0 +1,32 @@
+# reefguide-efs: the two set-up commands are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv/bin
+LABCTL := lab/labctl
+
+.PHONY: setup demo test lint bench lab-up lab-down lab-status
+
+setup:
+	@scripts/setup.sh
+
+## demo: bring the lab up (a ReefGuide deployment on loopback) and stage a sample dataset into it
+demo: setup
+	@$(LABCTL) up
+	@$(LABCTL) exec -- $(VENV)/ansible-playbook playbooks/demo.yml
+
+## test: the whole test suite against fresh labs (what CI runs)
+test: setup
+	@scripts/test.sh
+
+lint: setup
+	@$(VENV)/ruff check library module_utils lab tests bench
+	@$(VENV)/ansible-lint -q
+
+bench: setup
+	@$(VENV)/python bench/run.py
+
+lab-up: setup
+	@$(LABCTL) up
+lab-down:
+	@$(LABCTL) down
+lab-status:
+	@$(LABCTL) status

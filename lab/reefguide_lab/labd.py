@@ -1,0 +1,297 @@
+"""labd: the lab's SSM endpoint and instance supervisor, one process.
+
+moto serves EC2, S3, EFS, CloudFormation and most of SSM, but has no
+sessions: this endpoint answers StartSession, TerminateSession and
+DescribeInstanceInformation itself, from moto's EC2 state, and passes every
+other SSM call to moto unchanged. Beside it, a supervisor watches moto's
+instances: one that goes `running` gets a namespace (instance.boot), one
+that leaves it loses it (instance.halt). The SSM agent "comes Online" a
+configurable boot delay after the instance started running.
+
+Run by `labctl up`; stopped by `labctl down` (SIGTERM: halts every instance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import secrets
+import signal
+import threading
+import time
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import boto3
+from botocore.config import Config
+
+from . import instance as inst
+from .state import CREDENTIALS, lab_dir, load
+
+POLL = 0.2
+
+
+class Supervisor:
+    def __init__(self, moto_url: str, region: str, boot_delay: float) -> None:
+        self.ec2 = boto3.client(
+            "ec2", endpoint_url=moto_url, region_name=region,
+            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            config=Config(retries={"mode": "standard", "max_attempts": 3}),
+        )
+        self.boot_delay = boot_delay
+        self.lock = threading.RLock()
+        self.instances: dict[str, dict[str, Any]] = {}
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.sessions_started: dict[str, int] = {}
+        self.stop_event = threading.Event()
+
+    # -- instance life cycle -------------------------------------------------
+    def fs_for(self, instance_id: str) -> str:
+        return load().get("instance_fs", {}).get(instance_id, "fs-unknown")
+
+    def poll_once(self) -> None:
+        states: dict[str, str] = {}
+        for page in self.ec2.get_paginator("describe_instances").paginate():
+            for res in page["Reservations"]:
+                for i in res["Instances"]:
+                    states[i["InstanceId"]] = i["State"]["Name"]
+        with self.lock:
+            for iid, ec2_state in states.items():
+                rec = self.instances.setdefault(iid, {"init_pid": None, "running_since": None, "registered": False})
+                rec["ec2_state"] = ec2_state
+                alive = rec["init_pid"] is not None and inst.pid_alive(rec["init_pid"])
+                if ec2_state == "running" and not alive:
+                    inst.provision(iid, self.fs_for(iid))
+                    rec["init_pid"] = inst.boot(iid)
+                    rec["running_since"] = time.time()
+                elif ec2_state != "running" and rec["init_pid"] is not None:
+                    inst.halt(rec["init_pid"])
+                    rec["init_pid"] = None
+                    rec["running_since"] = None
+                    self.end_sessions(iid)
+                if rec["init_pid"] and self.online(rec):
+                    rec["registered"] = True
+                    rec["last_ping"] = time.time()
+                if rec["init_pid"]:
+                    self.efs_watchdog(iid, rec["init_pid"])
+
+    def efs_watchdog(self, instance_id: str, init_pid: int) -> None:
+        """Like efs-utils' watchdog: drop state files of mounts that are gone."""
+        state_dir = inst.instance_root(instance_id) / "run" / "efs"
+        if not state_dir.is_dir():
+            return
+        mounted = {line.split()[4] for line in inst.mountinfo(init_pid).splitlines() if len(line.split()) > 4}
+        for f in state_dir.iterdir():
+            try:
+                meta = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+            if meta.get("mountpoint") and meta["mountpoint"] not in mounted:
+                f.unlink(missing_ok=True)
+
+    def online(self, rec: dict[str, Any]) -> bool:
+        return bool(rec.get("init_pid")) and time.time() - (rec.get("running_since") or 0) >= self.boot_delay
+
+    def end_sessions(self, instance_id: str) -> None:
+        for s in self.sessions.values():
+            if s["instance_id"] == instance_id:
+                s["terminated"] = True
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self.poll_once()
+            except Exception:  # keep supervising through a moto hiccup
+                traceback.print_exc()
+            self.stop_event.wait(POLL)
+
+    def halt_all(self) -> None:
+        self.stop_event.set()
+        with self.lock:
+            for rec in self.instances.values():
+                if rec.get("init_pid"):
+                    inst.halt(rec["init_pid"])
+                    rec["init_pid"] = None
+
+    # -- SSM answers ----------------------------------------------------------
+    def start_session(self, body: dict[str, Any], host: str) -> tuple[int, dict[str, Any]]:
+        target = body.get("Target", "")
+        with self.lock:
+            rec = self.instances.get(target)
+            if not rec or not self.online(rec):
+                return 400, {"__type": "TargetNotConnected", "message": "%s is not connected." % target}
+            sid = "lab-%s" % secrets.token_hex(8)
+            token = secrets.token_hex(16)
+            self.sessions[sid] = {"instance_id": target, "token": token, "started": time.time(),
+                                  "terminated": False, "user": "ssm-user"}
+            self.sessions_started[target] = self.sessions_started.get(target, 0) + 1
+        return 200, {"SessionId": sid, "TokenValue": token,
+                     "StreamUrl": "ws://%s/v1/data-channel/%s?role=publish_subscribe" % (host, sid)}
+
+    def terminate_session(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        sid = body.get("SessionId", "")
+        with self.lock:
+            if sid in self.sessions:
+                self.sessions[sid]["terminated"] = True
+        return 200, {"SessionId": sid}
+
+    def describe_instance_information(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        wanted: set[str] = set()
+        for f in body.get("Filters", []) or []:
+            if f.get("Key") == "InstanceIds":
+                wanted.update(f.get("Values", []))
+        for f in body.get("InstanceInformationFilterList", []) or []:
+            if f.get("key") == "InstanceIds":
+                wanted.update(f.get("valueSet", []))
+        out = []
+        with self.lock:
+            for iid, rec in sorted(self.instances.items()):
+                if wanted and iid not in wanted:
+                    continue
+                if not rec.get("registered"):
+                    continue  # the agent has never checked in
+                out.append({
+                    "InstanceId": iid,
+                    "PingStatus": "Online" if self.online(rec) else "ConnectionLost",
+                    "LastPingDateTime": rec.get("last_ping", 0),
+                    "AgentVersion": "3.3.0.0-lab",
+                    "IsLatestVersion": True,
+                    "PlatformType": "Linux",
+                    "PlatformName": "Amazon Linux",
+                    "PlatformVersion": "2023",
+                    "ResourceType": "EC2Instance",
+                    "ComputerName": "lab-%s" % iid,
+                    "IPAddress": "127.0.0.1",
+                })
+        return 200, {"InstanceInformationList": out}
+
+    def session_for_plugin(self, sid: str, token: str) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            s = self.sessions.get(sid)
+            if not s or s["token"] != token:
+                return 404, {"message": "no such session"}
+            if s["terminated"]:
+                return 409, {"message": "session %s was terminated" % sid}
+            rec = self.instances.get(s["instance_id"], {})
+            if not rec.get("init_pid"):
+                return 409, {"message": "instance %s is not running" % s["instance_id"]}
+            return 200, {"instance_id": s["instance_id"], "init_pid": rec["init_pid"], "user": s["user"]}
+
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "boot_delay": self.boot_delay,
+                "instances": {
+                    iid: {"ec2_state": r.get("ec2_state"), "init_pid": r.get("init_pid"),
+                          "online": self.online(r), "running_since": r.get("running_since")}
+                    for iid, r in self.instances.items()
+                },
+                "sessions_started": dict(self.sessions_started),
+                "sessions_open": sum(1 for s in self.sessions.values() if not s["terminated"]),
+            }
+
+
+def make_handler(sup: Supervisor, moto_host: str, moto_port: int):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt: str, *args: Any) -> None:  # quiet: the log is for errors
+            pass
+
+        def reply(self, code: int, doc: dict[str, Any], ctype: str = "application/x-amz-json-1.1") -> None:
+            data = json.dumps(doc).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("x-amzn-RequestId", secrets.token_hex(8))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def body(self) -> bytes:
+            n = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(n) if n else b""
+
+        def do_GET(self) -> None:
+            url = urlparse(self.path)
+            if url.path == "/lab/status":
+                return self.reply(200, sup.status(), "application/json")
+            if url.path.startswith("/lab/session/"):
+                token = parse_qs(url.query).get("token", [""])[0]
+                code, doc = sup.session_for_plugin(url.path.rsplit("/", 1)[1], token)
+                return self.reply(code, doc, "application/json")
+            return self.forward(b"")
+
+        def do_POST(self) -> None:
+            url = urlparse(self.path)
+            data = self.body()
+            if url.path == "/lab/boot-delay":
+                sup.boot_delay = float(json.loads(data or b"{}").get("seconds", sup.boot_delay))
+                return self.reply(200, sup.status(), "application/json")
+            target = self.headers.get("X-Amz-Target", "")
+            op = target.split(".", 1)[1] if target.startswith("AmazonSSM.") else ""
+            handlers = {
+                "StartSession": lambda b: sup.start_session(b, self.headers.get("Host", "")),
+                "TerminateSession": sup.terminate_session,
+                "DescribeInstanceInformation": sup.describe_instance_information,
+            }
+            if op in handlers:
+                try:
+                    req = json.loads(data or b"{}")
+                except ValueError:
+                    return self.reply(400, {"__type": "SerializationException", "message": "bad JSON"})
+                code, doc = handlers[op](req)
+                return self.reply(code, doc)
+            return self.forward(data)
+
+        def forward(self, data: bytes) -> None:
+            """Pass the request to moto as it came (headers and signature intact)."""
+            conn = http.client.HTTPConnection(moto_host, moto_port, timeout=60)
+            try:
+                conn.request(self.command, self.path, body=data, headers=dict(self.headers.items()))
+                resp = conn.getresponse()
+                payload = resp.read()
+            finally:
+                conn.close()
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    return Handler
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--moto-port", type=int, required=True)
+    ap.add_argument("--region", required=True)
+    ap.add_argument("--boot-delay", type=float, default=2.0)
+    args = ap.parse_args()
+
+    sup = Supervisor("http://127.0.0.1:%d" % args.moto_port, args.region, args.boot_delay)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(sup, "127.0.0.1", args.moto_port))
+    server.daemon_threads = True
+
+    def stop(*_: Any) -> None:
+        sup.halt_all()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    threading.Thread(target=sup.run, daemon=True).start()
+    Path(lab_dir() / "labd.ready").write_text(str(os.getpid()))
+    server.serve_forever(poll_interval=0.2)
+    sup.halt_all()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Where the lab keeps its state, and the small JSON file that says what is up.
+
+Everything the lab creates lives under one directory (REEFGUIDE_LAB_DIR,
+default <repo>/.lab): process ids, ports, logs, the EFS storage and the
+instance's root-disk stand-ins. `labctl down` removes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+LAB_PKG = Path(__file__).resolve().parent
+LAB_BIN = REPO / "lab" / "bin"
+LAB_SBIN = REPO / "lab" / "sbin"
+
+DEFAULT_STACK = "reefguide-lab"
+DEFAULT_REGION = "ap-southeast-2"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+# Users inside the lab instance, as on Amazon Linux 2023 (uids picked at
+# provisioning time among those the host does not use).
+INSTANCE_USERS = ("ec2-user", "ssm-user")
+
+
+def lab_dir() -> Path:
+    return Path(os.environ.get("REEFGUIDE_LAB_DIR") or (REPO / ".lab")).resolve()
+
+
+def state_file() -> Path:
+    return lab_dir() / "lab.json"
+
+
+def load() -> dict[str, Any]:
+    try:
+        return json.loads(state_file().read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def save(state: dict[str, Any]) -> None:
+    path = state_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is not alive for our purposes.
+    try:
+        with open("/proc/%d/stat" % pid) as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def lab_env(state: dict[str, Any]) -> dict[str, str]:
+    """The environment that points boto3, the AWS CLI and amazon.aws.aws_ssm at the lab."""
+    region = state.get("region", DEFAULT_REGION)
+    env = {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:%d" % state["moto_port"],
+        "AWS_ENDPOINT_URL_SSM": "http://127.0.0.1:%d" % state["labd_port"],
+        "AWS_REGION": region,
+        "AWS_DEFAULT_REGION": region,
+        "AWS_SESSION_MANAGER_PLUGIN": str(LAB_BIN / "session-manager-plugin"),
+        "REEFGUIDE_LAB_DIR": str(lab_dir()),
+        "REEFGUIDE_LAB_STACK": state.get("stack_name", DEFAULT_STACK),
+        # Keeps a user's own ~/.aws from leaking into the lab.
+        "AWS_CONFIG_FILE": str(lab_dir() / "aws" / "config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(lab_dir() / "aws" / "credentials"),
+    }
+    env.update(CREDENTIALS)
+    return env

@@ -1,0 +1,117 @@
+"""A handle on a running lab, for tests: start/stop its instance, run
+commands inside it, reach it with Ansible over the real aws_ssm plugin."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import boto3
+
+from helpers import ROOT, ansible_env
+
+LABCTL = str(ROOT / "lab" / "labctl")
+
+
+class Lab:
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+        self.base_env = dict(os.environ, REEFGUIDE_LAB_DIR=str(self.dir))
+
+    # -- life cycle ------------------------------------------------------------
+    def ctl(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        proc = subprocess.run([LABCTL, *args], env=self.base_env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError("labctl %s failed (%s): %s%s" % (" ".join(args), proc.returncode,
+                                                                   proc.stdout, proc.stderr))
+        return proc
+
+    def up(self, *args: str) -> "Lab":
+        self.ctl("up", *args)
+        self.refresh()
+        return self
+
+    def down(self) -> subprocess.CompletedProcess:
+        return self.ctl("down", check=False)
+
+    def refresh(self) -> None:
+        self.state = json.loads((self.dir / "lab.json").read_text())
+        self.env: dict[str, str] = dict(self.base_env)
+        self.env.pop("AWS_PROFILE", None)
+        for line in self.ctl("env").stdout.splitlines():
+            if line.startswith("export "):
+                k, _, v = line[len("export "):].partition("=")
+                self.env[k] = v.strip("'")
+        stack = self.state["stacks"][self.state["stack_name"]]
+        self.stack_name = stack["stack_name"]
+        self.instance_id = stack["instance_id"]
+        self.bucket = stack["bucket"]
+        self.fs_id = stack["fs_id"]
+        self.efs_path = self.dir / "efs" / self.fs_id
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.ctl("status").stdout)
+
+    def client(self, service: str) -> Any:
+        endpoint = self.env["AWS_ENDPOINT_URL_SSM"] if service == "ssm" else self.env["AWS_ENDPOINT_URL"]
+        return boto3.client(service, endpoint_url=endpoint, region_name=self.env["AWS_REGION"],
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def start_instance(self, wait_online: bool = True, timeout: float = 60) -> None:
+        self.ctl("start")
+        if wait_online:
+            deadline = time.time() + timeout
+            while not self.online():
+                assert time.time() < deadline, "instance never came Online"
+                time.sleep(0.1)
+
+    def stop_instance(self) -> None:
+        self.ctl("stop")
+
+    def online(self) -> bool:
+        return bool(self.status()["instances"].get(self.instance_id, {}).get("online"))
+
+    def set_boot_delay(self, seconds: float) -> None:
+        self.ctl("boot-delay", str(seconds))
+
+    def sessions_started(self) -> int:
+        return int(self.status()["sessions_started"].get(self.instance_id, 0))
+
+    def init_pid(self) -> Optional[int]:
+        return self.status()["instances"].get(self.instance_id, {}).get("init_pid")
+
+    def instance_exec(self, argv: list[str], user: str = "root", check: bool = False) -> subprocess.CompletedProcess:
+        """Run argv inside the running instance (not over SSM: a test's back door)."""
+        pid = self.init_pid()
+        assert pid, "instance %s is not running" % self.instance_id
+        cmd = ["nsenter", "--target", str(pid), "--mount", "--pid", "--uts", "--",
+               "runuser", "-u", user, "--"] + argv
+        return subprocess.run(cmd, capture_output=True, text=True, check=check)
+
+    # -- Ansible -----------------------------------------------------------------
+    def inventory(self, path: Path, extra: Optional[dict[str, Any]] = None) -> Path:
+        host = {
+            "ansible_connection": "amazon.aws.aws_ssm",
+            "ansible_aws_ssm_instance_id": self.instance_id,
+            "ansible_aws_ssm_bucket_name": self.bucket,
+            "ansible_aws_ssm_region": self.env["AWS_REGION"],
+            "ansible_python_interpreter": "/usr/bin/python3",
+        }
+        host.update(extra or {})
+        path.write_text(json.dumps({"all": {"hosts": {"mgmt": host}}}))
+        return path
+
+    def ansible(self, inventory: Path, module: str, args: str = "", become: bool = False) -> subprocess.CompletedProcess:
+        cmd = [str(ROOT / ".venv" / "bin" / "ansible"), "-i", str(inventory), "mgmt", "-m", module]
+        if args:
+            cmd += ["-a", args]
+        if become:
+            cmd.append("--become")
+        env = ansible_env(self.env)
+        env["ANSIBLE_STDOUT_CALLBACK"] = "default"
+        env["ANSIBLE_CALLBACK_RESULT_FORMAT"] = "json"
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
