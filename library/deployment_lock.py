@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # reefguide-efs: one stage or teardown run per deployment at a time.
 
 from __future__ import annotations

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Shared AWS plumbing for the reefguide-efs modules: one way to build clients,
 # one retry policy, one way to turn botocore errors into messages that say
 # which resource failed and what to do.
@@ -66,7 +65,7 @@ def resolve_endpoint(service: str, explicit: Optional[str] = None) -> Optional[s
     return os.environ.get("AWS_ENDPOINT_URL_" + suffix) or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
-def aws_session(region: Optional[str] = None, profile: Optional[str] = None) -> "boto3.session.Session":
+def aws_session(region: Optional[str] = None, profile: Optional[str] = None) -> boto3.session.Session:
     kwargs: dict[str, Any] = {}
     if profile:
         kwargs["profile_name"] = profile
@@ -75,7 +74,7 @@ def aws_session(region: Optional[str] = None, profile: Optional[str] = None) -> 
     return boto3.session.Session(**kwargs)
 
 
-def client_config(max_attempts: int = 10, max_pool_connections: int = 10, path_style: bool = False) -> "Config":
+def client_config(max_attempts: int = 10, max_pool_connections: int = 10, path_style: bool = False) -> Config:
     """botocore's 'standard' retry mode: exponential back-off with jitter on
     throttling, 5xx and connection errors, bounded by max_attempts."""
     kwargs: dict[str, Any] = dict(
@@ -130,12 +129,14 @@ def error_code(exc: BaseException) -> str:
     return ""
 
 
+_DENIED = "the credentials in use lack this permission; see docs/iam/ for the policy the playbooks need"
+_EXPIRED = "the session token has expired: log in again (e.g. 'aws sso login --profile <profile>')"
 _HINTS = {
-    "AccessDenied": "the credentials in use lack this permission; see docs/iam/ for the policy the playbooks need",
-    "AccessDeniedException": "the credentials in use lack this permission; see docs/iam/ for the policy the playbooks need",
-    "UnauthorizedOperation": "the credentials in use lack this permission; see docs/iam/ for the policy the playbooks need",
-    "ExpiredToken": "the session token has expired: log in again (e.g. 'aws sso login --profile <profile>')",
-    "ExpiredTokenException": "the session token has expired: log in again (e.g. 'aws sso login --profile <profile>')",
+    "AccessDenied": _DENIED,
+    "AccessDeniedException": _DENIED,
+    "UnauthorizedOperation": _DENIED,
+    "ExpiredToken": _EXPIRED,
+    "ExpiredTokenException": _EXPIRED,
     "InvalidClientTokenId": "the access key is not valid in this account/region: check the profile",
     "UnrecognizedClientException": "the access key is not valid in this account/region: check the profile",
     "SignatureDoesNotMatch": "the secret key does not match the access key: check the profile",

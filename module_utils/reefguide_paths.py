@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Path safety and checksums shared by the modules that write to EFS or S3.
 # Every relative path that comes from outside (an S3 key, a 'dest' variable, a
 # manifest) goes through safe_relpath() before it is joined to a root, and
@@ -9,7 +8,8 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from typing import BinaryIO, Iterable, Optional
+from collections.abc import Iterable
+from typing import BinaryIO, Optional
 
 CHUNK = 1024 * 1024
 
@@ -77,7 +77,7 @@ def sha256_stream(fh: BinaryIO, chunk: int = CHUNK) -> str:
 def tree_size(root: str) -> tuple[int, int]:
     """(files, bytes) below root, symlinks not followed."""
     files = total = 0
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
             try:
                 st = os.lstat(os.path.join(dirpath, name))

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Facts of the ReefGuide CloudFormation stack (DESIGN.md §2), free of Ansible
 # imports so the lab can load this file too.
 

@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 export ANSIBLE_CONFIG="$PWD/ansible.cfg"
+.venv/bin/ruff check --quiet .
 .venv/bin/pytest tests -q -p no:cacheprovider "$@"

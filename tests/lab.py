@@ -30,7 +30,7 @@ class Lab:
                                                                    proc.stdout, proc.stderr))
         return proc
 
-    def up(self, *args: str) -> "Lab":
+    def up(self, *args: str) -> Lab:
         self.ctl("up", *args)
         self.refresh()
         return self
@@ -105,7 +105,9 @@ class Lab:
         path.write_text(json.dumps({"all": {"hosts": {"mgmt": host}}}))
         return path
 
-    def ansible(self, inventory: Path, module: str, args: str = "", become: bool = False) -> subprocess.CompletedProcess:
+    def ansible(
+        self, inventory: Path, module: str, args: str = "", become: bool = False
+    ) -> subprocess.CompletedProcess:
         cmd = [str(ROOT / ".venv" / "bin" / "ansible"), "-i", str(inventory), "mgmt", "-m", module]
         if args:
             cmd += ["-a", args]

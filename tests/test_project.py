@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import yaml
 from ansible.galaxy.dependency_resolution.versioning import meets_requirements

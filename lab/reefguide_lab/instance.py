@@ -12,9 +12,9 @@ each boot like tmpfs.
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
-import grp
 import shutil
 import signal
 import subprocess
