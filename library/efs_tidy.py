@@ -1,0 +1,200 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# reefguide-efs: delete superfluous data on EFS, never outside the allowed roots.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: efs_tidy
+short_description: Remove superfluous data on the mounted EFS, only inside allowed roots
+description:
+  - Deletes paths (files or whole directories) and empties directories (their contents go, the
+    directory stays, as the workers' C(cache/) must) under the EFS mount of the management instance.
+  - Every path is relative to O(root) and must lie under one of O(allowed_roots) (the tool's own
+    staging and releases areas are always allowed). C(..), absolute paths and paths whose parent
+    directories are symlinks leading elsewhere are refused before anything is deleted.
+  - A symlink is removed as a link; its target is never followed or touched.
+  - Runs on the instance, with become.
+version_added: "0.1.0"
+author: reefguide-efs developers
+options:
+  root:
+    description: The EFS mount path on the instance (e.g. C(/home/ec2-user/efs)).
+    type: path
+    required: true
+  remove:
+    description: Paths relative to O(root) to delete entirely. Missing ones are skipped.
+    type: list
+    elements: str
+    default: []
+  empty:
+    description:
+      - Directories relative to O(root) whose contents are deleted; the directory itself is kept,
+        and created (mode 0755) if missing.
+    type: list
+    elements: str
+    default: []
+  allowed_roots:
+    description: Relative paths under which deletion is allowed.
+    type: list
+    elements: str
+    default: [data/reefguide]
+  internal_roots:
+    description: The tool's own areas on EFS, always allowed.
+    type: list
+    elements: str
+    default: [.reefguide-staging, .reefguide-releases]
+notes:
+  - Check mode lists what would be deleted, with sizes, and deletes nothing. C(--diff) shows the list.
+"""
+
+EXAMPLES = r"""
+- name: Empty the ReefGuide worker cache (keep the directory)
+  efs_tidy:
+    root: /home/ec2-user/efs
+    empty: [data/reefguide/cache]
+  become: true
+
+- name: Remove staging leftovers and an old data package
+  efs_tidy:
+    root: /home/ec2-user/efs
+    remove:
+      - .reefguide-staging
+      - data/reefguide/adria/datapackages/old_package
+  become: true
+"""
+
+RETURN = r"""
+removed:
+  description: What was (or in check mode would be) deleted, with its size.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"path": ".reefguide-staging", "files": 12, "bytes": 1048576}]
+emptied:
+  description: Directories emptied, with the size of what was in them.
+  returned: always
+  type: list
+  elements: dict
+files_removed:
+  description: Files deleted in total.
+  returned: always
+  type: int
+bytes_freed:
+  description: Bytes deleted in total.
+  returned: always
+  type: int
+"""
+
+import os
+import shutil
+import stat
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.reefguide_paths import (
+    UnsafePathError,
+    human_bytes,
+    parents_within,
+    safe_join,
+    safe_relpath,
+    tree_size,
+)
+
+
+def check_path(root: str, rel: str, allowed: list[str]) -> str:
+    """The absolute path for rel, or UnsafePathError."""
+    norm = safe_relpath(rel, "path")
+    if not any(norm == a or norm.startswith(a.rstrip("/") + "/") for a in allowed):
+        raise UnsafePathError("%r is outside the allowed roots (%s)" % (rel, ", ".join(allowed)))
+    path = safe_join(root, norm)
+    if not parents_within(root, path):
+        raise UnsafePathError("%r: a parent directory is a symlink leading out of %s" % (rel, root))
+    return path
+
+
+def size_of(path: str) -> tuple[int, int]:
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode):
+        return tree_size(path)
+    return (1, st.st_size if stat.S_ISREG(st.st_mode) else 0)
+
+
+def delete(path: str) -> None:
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)  # fd-based on Linux: never follows a symlink inside
+    else:
+        os.unlink(path)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            root=dict(type="path", required=True),
+            remove=dict(type="list", elements="str", default=[]),
+            empty=dict(type="list", elements="str", default=[]),
+            allowed_roots=dict(type="list", elements="str", default=["data/reefguide"]),
+            internal_roots=dict(type="list", elements="str",
+                                default=[".reefguide-staging", ".reefguide-releases"]),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    root = p["root"]
+    if not os.path.isdir(root):
+        module.fail_json(msg="EFS root %s is not a directory: is EFS mounted (efs_mount)?" % root)
+    allowed = [safe_relpath(a, "allowed root") for a in p["allowed_roots"] + p["internal_roots"]]
+
+    # Check every path before deleting any.
+    try:
+        removals = [(rel, check_path(root, rel, allowed)) for rel in p["remove"]]
+        empties = [(rel, check_path(root, rel, allowed)) for rel in p["empty"]]
+    except UnsafePathError as exc:
+        module.fail_json(msg="refused, nothing deleted: %s" % exc)
+    for rel, path in empties:
+        if os.path.lexists(path) and not stat.S_ISDIR(os.lstat(path).st_mode):
+            module.fail_json(msg="refused, nothing deleted: %r is not a directory" % rel)
+
+    removed: list[dict[str, Any]] = []
+    emptied: list[dict[str, Any]] = []
+    created: list[str] = []
+    for rel, path in removals:
+        if not os.path.lexists(path):
+            continue
+        files, size = size_of(path)
+        removed.append({"path": rel, "files": files, "bytes": size})
+        if not module.check_mode:
+            delete(path)
+    for rel, path in empties:
+        if not os.path.isdir(path):
+            created.append(rel)
+            if not module.check_mode:
+                os.makedirs(path, mode=0o755)
+            continue
+        entries = sorted(os.listdir(path))
+        if not entries:
+            continue
+        files, size = tree_size(path)
+        emptied.append({"path": rel, "files": files, "bytes": size, "entries": len(entries)})
+        if not module.check_mode:
+            for name in entries:
+                delete(os.path.join(path, name))
+
+    total_files = sum(r["files"] for r in removed + emptied)
+    total_bytes = sum(r["bytes"] for r in removed + emptied)
+    lines = ["- %s (%d files, %s)" % (r["path"], r["files"], human_bytes(r["bytes"])) for r in removed]
+    lines += ["- %s/* (%d files, %s)" % (r["path"], r["files"], human_bytes(r["bytes"])) for r in emptied]
+    lines += ["+ %s/ (created)" % rel for rel in created]
+    module.exit_json(
+        changed=bool(removed or emptied or created),
+        removed=removed, emptied=emptied, created=created,
+        files_removed=total_files, bytes_freed=total_bytes,
+        diff={"before_header": "%s (to delete)" % root, "before": "\n".join(lines) + ("\n" if lines else ""),
+              "after_header": "%s (after)" % root, "after": ""},
+    )
+
+
+if __name__ == "__main__":
+    main()

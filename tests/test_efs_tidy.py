@@ -1,0 +1,65 @@
+"""efs_tidy deletes only inside the allowed roots and never follows a symlink out."""
+
+from __future__ import annotations
+
+import os
+
+from helpers import run_module
+
+
+def make_efs(tmp_path):
+    root = tmp_path / "efs"
+    (root / "data" / "reefguide" / "cache").mkdir(parents=True)
+    (root / "data" / "reefguide" / "cache" / "tile.bin").write_bytes(b"x" * 1000)
+    (root / "data" / "reefguide" / "old").mkdir()
+    (root / "data" / "reefguide" / "old" / "a.tif").write_bytes(b"y" * 500)
+    (root / ".reefguide-staging" / "run1").mkdir(parents=True)
+    (root / ".reefguide-staging" / "run1" / "f").write_bytes(b"z" * 10)
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    return root, outside
+
+
+def test_check_mode_lists_sizes_then_real_run_deletes_exactly_that(tmp_path) -> None:
+    root, _ = make_efs(tmp_path)
+    args = {"root": str(root), "remove": [".reefguide-staging", "data/reefguide/old", "data/reefguide/gone"],
+            "empty": ["data/reefguide/cache"]}
+    plan = run_module("efs_tidy", args, check=True, diff=True)
+    assert plan["changed"] and plan["bytes_freed"] == 1510 and plan["files_removed"] == 3
+    assert (root / "data" / "reefguide" / "old" / "a.tif").exists(), "check mode deleted something"
+    done = run_module("efs_tidy", args)
+    assert done["removed"] == plan["removed"] and done["bytes_freed"] == plan["bytes_freed"]
+    assert not (root / ".reefguide-staging").exists() and not (root / "data" / "reefguide" / "old").exists()
+    assert (root / "data" / "reefguide" / "cache").is_dir()
+    assert os.listdir(root / "data" / "reefguide" / "cache") == []
+    again = run_module("efs_tidy", args)
+    assert again["changed"] is False and again["bytes_freed"] == 0
+
+
+def test_refuses_paths_outside_allowed_roots_and_deletes_nothing(tmp_path) -> None:
+    root, _ = make_efs(tmp_path)
+    for bad in ("../precious", "/etc", "data", "data/reefguide/../../precious", "data/other"):
+        res = run_module("efs_tidy", {"root": str(root), "remove": [".reefguide-staging", bad]})
+        assert res.get("failed") and "nothing deleted" in res["msg"], (bad, res)
+        assert (root / ".reefguide-staging" / "run1" / "f").exists()
+
+
+def test_symlinks_are_removed_as_links_never_followed(tmp_path) -> None:
+    root, outside = make_efs(tmp_path)
+    (root / "data" / "reefguide" / "link").symlink_to(outside)
+    (root / "data" / "reefguide" / "old" / "inner").symlink_to(outside / "keep.txt")
+    res = run_module("efs_tidy", {"root": str(root), "remove": ["data/reefguide/link", "data/reefguide/old"]})
+    assert res["changed"] and not res.get("failed")
+    assert (outside / "keep.txt").read_text() == "keep"
+    assert not os.path.lexists(root / "data" / "reefguide" / "link")
+    # a parent that is a symlink out of the root is refused
+    (root / "data" / "reefguide" / "escape").symlink_to(outside)
+    res = run_module("efs_tidy", {"root": str(root), "remove": ["data/reefguide/escape/keep.txt"]})
+    assert res.get("failed") and "symlink" in res["msg"]
+    assert (outside / "keep.txt").exists()
+
+
+def test_missing_root_says_mount_first(tmp_path) -> None:
+    res = run_module("efs_tidy", {"root": str(tmp_path / "nope"), "remove": ["data/reefguide/x"]})
+    assert res.get("failed") and "mounted" in res["msg"]
