@@ -1,0 +1,132 @@
+# reefguide-efs: the remote part of a stage, teardown or rollback, in one SSM session.
+#
+# Each task on the management instance opens an SSM session (seconds each on
+# real AWS), so the remote steps of an operation run as one task: this action
+# plugin calls the capability modules in turn over the same connection,
+# between mounting EFS and putting the mount back as it was. Documentation:
+# library/efs_session.py.
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+CACHE = "data/reefguide/cache"
+STAGING_ROOT = ".reefguide-staging"
+
+
+def cache_entry_under(dest: str) -> Optional[str]:
+    """The cache's path relative to dest when dest contains it ('cache' for
+    data/reefguide), else None."""
+    dest = dest.rstrip("/")
+    if CACHE.startswith(dest + "/"):
+        return CACHE[len(dest) + 1:]
+    return None
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+
+    def step(self, name: str, module: str, args: dict[str, Any]) -> dict[str, Any]:
+        res = self._execute_module(module_name=module, module_args=args, task_vars=self.task_vars)
+        self.steps[name] = {k: v for k, v in res.items() if k not in ("invocation", "_ansible_no_log")}
+        if res.get("failed") or res.get("unreachable"):
+            raise AnsibleActionFail("%s (%s) failed: %s" % (name, module, res.get("msg", res)), result=res)
+        return res
+
+    def run(self, tmp: Any = None, task_vars: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        self.task_vars = task_vars or {}
+        result = super().run(tmp, self.task_vars)
+        a = self._task.args
+        op = a.get("operation", "stage")
+        needs = {"stage": ("fs_id", "efs_root", "bucket", "prefix", "dest", "staging", "run_id"),
+                 "teardown": ("fs_id", "efs_root"), "rollback": ("fs_id", "efs_root", "dest")}
+        if op not in needs:
+            raise AnsibleActionFail("operation must be one of %s" % ", ".join(needs))
+        missing = [k for k in needs[op] if not a.get(k)]
+        if missing:
+            raise AnsibleActionFail("efs_session operation=%s needs %s" % (op, ", ".join(missing)))
+        self.steps: dict[str, Any] = {}
+        root = a["efs_root"]
+        user = a.get("user") or "ec2-user"
+        mounted_here = False
+        try:
+            mount = self.step("mount", "efs_mount", {
+                "state": "mounted", "fs_id": a["fs_id"], "path": root, "user": user,
+                "options": a.get("mount_options") or "tls,iam", "owner": user, "group": user,
+            })
+            mounted_here = bool(mount.get("mounted_by_this_call"))
+            outcome = getattr(self, op)(a, root, user)
+        except AnsibleActionFail as exc:
+            result.update(failed=True, msg=str(exc), steps=self.steps)
+            if op == "stage" and a.get("mode") != "mirror":
+                result["staging_left"] = a["staging"]
+            self.unmount(root, mounted_here, result)
+            return result
+        self.unmount(root, mounted_here, result)
+        result.update(outcome, steps=self.steps, mounted_here=mounted_here)
+        return result
+
+    # -- operations -------------------------------------------------------------
+    def stage(self, a: dict[str, Any], root: str, user: str) -> dict[str, Any]:
+        dest, mode = a["dest"], a.get("mode") or "replace"
+        aws = {"endpoint_url": a.get("endpoint_url") or None, "region": a.get("region") or None}
+        cache = cache_entry_under(dest)
+        if mode == "mirror":
+            pull_into, pull_mode = root + "/" + dest, "mirror"
+        else:
+            self.step("prepare", "efs_staging", {
+                "root": root, "target": dest, "staging": a["staging"],
+                "exclude": [cache.split("/", 1)[0]] if cache else [],
+            })
+            pull_into, pull_mode = root + "/" + a["staging"], ("merge" if mode == "merge" else "mirror")
+        pull_args = dict(aws, direction="pull", bucket=a["bucket"], prefix=a["prefix"], path=pull_into,
+                         mode=pull_mode, concurrency=int(a.get("concurrency") or 16))
+        if mode == "mirror" and cache:
+            pull_args["exclude"] = [cache, cache + "/**"]
+        pull = self.step("pull", "s3_sync", pull_args)
+        release: dict[str, Any] = {}
+        if mode != "mirror":
+            release_args = {"root": root, "target": dest, "staging": a["staging"],
+                            "keep": int(a.get("keep", 2)), "owner": user, "group": user}
+            if a.get("release_id"):
+                release_args["release_id"] = a["release_id"]
+            release = self.step("release", "efs_release", release_args)
+            # what is left of the run's staging area once its directory went live
+            self.step("tidy_staging", "efs_tidy", {"root": root, "remove": [STAGING_ROOT + "/" + a["run_id"]]})
+        if a.get("clear_cache"):
+            # emptied, kept: the workers need it to exist
+            self.step("clear_cache", "efs_tidy", {"root": root, "empty": [CACHE]})
+        changed = any(self.steps.get(s, {}).get("changed") for s in ("pull", "release", "clear_cache"))
+        return {"changed": changed, "pull": pull, "release_id": release.get("release_id"),
+                "previous_release_id": release.get("previous_release_id")}
+
+    def teardown(self, a: dict[str, Any], root: str, user: str) -> dict[str, Any]:
+        prune = self.step("prune", "efs_release", {
+            "root": root, "state": "pruned", "keep": int(a.get("keep", 2)), "staging": STAGING_ROOT})
+        tidy = self.step("remove", "efs_tidy", {
+            "root": root, "remove": list(a.get("remove") or []),
+            "allowed_roots": list(a.get("allowed_roots") or ["data/reefguide"])})
+        freed = int(prune.get("bytes_freed") or 0) + int(tidy.get("bytes_freed") or 0)
+        return {"changed": bool(prune.get("changed") or tidy.get("changed")), "bytes_freed": freed,
+                "pruned": prune.get("pruned", []), "removed": tidy.get("removed", [])}
+
+    def rollback(self, a: dict[str, Any], root: str, user: str) -> dict[str, Any]:
+        args = {"root": root, "target": a["dest"], "state": "rolled_back"}
+        if a.get("release_id"):
+            args["release_id"] = a["release_id"]
+        res = self.step("rollback", "efs_release", args)
+        return {"changed": bool(res.get("changed")), "release_id": res.get("release_id"),
+                "previous_release_id": res.get("previous_release_id")}
+
+    def unmount(self, root: str, mounted_here: bool, result: dict[str, Any]) -> None:
+        """Leave the mount as it was found."""
+        if not mounted_here:
+            return
+        res = self._execute_module(module_name="efs_mount", module_args={"state": "unmounted", "path": root},
+                                   task_vars=self.task_vars)
+        self.steps["unmount"] = {k: v for k, v in res.items() if k != "invocation"}
+        if res.get("failed"):
+            result.setdefault("warnings", []).append("EFS left mounted at %s: %s" % (root, res.get("msg")))

@@ -1,0 +1,87 @@
+#!/usr/bin/python
+# Documentation of the efs_session action (action_plugins/efs_session.py). The work
+# is done by the action plugin, which runs the capability modules below in
+# one SSM session; this file carries its documentation for ansible-doc.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: efs_session
+short_description: The remote part of a stage, teardown or rollback, in one SSM session
+description:
+  - Runs on the management instance, with become, as one task (one SSM session). Every operation
+    mounts EFS first (C(efs_mount)) and leaves the mount as it found it afterwards.
+  - V(stage) calls in turn
+    C(efs_mount) (mount EFS), C(efs_staging) (a hard-link copy of the live target to stage into),
+    C(s3_sync) (pull the run's upload into it, every file's SHA-256 verified before it is renamed
+    into place), C(efs_release) (make it live in one step, previous version kept), C(efs_tidy)
+    (empty the workers' cache if asked).
+  - V(teardown) prunes releases beyond O(keep) and staging leftovers (C(efs_release) state=pruned)
+    and deletes O(remove) paths under O(allowed_roots) (C(efs_tidy)).
+  - V(rollback) puts the previous release of O(dest) (or O(release_id)) back (C(efs_release)).
+  - With O(mode=mirror) the pull goes straight into O(dest) (no staging copy, no release).
+  - On failure the live data is untouched (the release is the last step), EFS is unmounted if this
+    task mounted it, and the staging directory left behind is reported for teardown.
+version_added: "0.1.0"
+author: reefguide-efs developers
+options:
+  operation: {description: What to do., type: str, choices: [stage, teardown, rollback], default: stage}
+  remove: {description: With teardown, extra paths (relative to the EFS root) to delete., type: list, elements: str}
+  allowed_roots: {description: With teardown, where O(remove) may delete., type: list, elements: str}
+  fs_id: {description: EFS file-system id., type: str, required: true}
+  efs_root: {description: Mount path of EFS on the instance (e.g. /home/ec2-user/efs)., type: str, required: true}
+  user: {description: The operator user; owns the mount root and released files., type: str, default: ec2-user}
+  mount_options: {description: Mount options., type: str, default: "tls,iam"}
+  bucket: {description: Transfer bucket (stage)., type: str}
+  prefix: {description: The run's upload prefix (stage)., type: str}
+  dest: {description: Destination relative to the EFS root (stage, rollback)., type: str}
+  staging: {description: Staging directory relative to the EFS root (stage)., type: str}
+  run_id: {description: The run id (stage; names the staging area removed after the release)., type: str}
+  mode: {description: How the destination is updated., type: str, choices: [replace, merge, mirror], default: replace}
+  clear_cache: {description: Empty data/reefguide/cache after the release (kept)., type: bool, default: false}
+  keep: {description: Previous releases kept., type: int, default: 2}
+  release_id: {description: Id of the new release (default time-based)., type: str}
+  concurrency: {description: Parallel downloads., type: int, default: 16}
+  endpoint_url: {description: S3 endpoint for the instance (the lab only)., type: str}
+  region: {description: AWS region., type: str}
+"""
+
+EXAMPLES = r"""
+- name: Stage on the instance
+  efs_session:
+    operation: stage
+    fs_id: fs-0123456789abcdef0
+    efs_root: /home/ec2-user/efs
+    bucket: reefguide-transferbucket
+    prefix: reefguide-efs/runs/20261124T201500Z-1a2b/
+    dest: data/reefguide/adria/datapackages/Moore_2025
+    staging: .reefguide-staging/20261124T201500Z-1a2b/data/reefguide/adria/datapackages/Moore_2025
+    run_id: 20261124T201500Z-1a2b
+  become: true
+"""
+
+RETURN = r"""
+steps:
+  description: >-
+    Each step's module result (mount, prepare, pull, release, tidy_staging, clear_cache,
+    prune, remove, rollback, unmount).
+  returned: always
+  type: dict
+pull:
+  description: The s3_sync pull's result (files and bytes transferred, skipped, deleted, seconds).
+  returned: success
+  type: dict
+release_id:
+  description: The release made live (null with mode=mirror).
+  returned: success
+  type: str
+previous_release_id:
+  description: The release it replaced.
+  returned: success
+  type: str
+staging_left:
+  description: On failure, the staging directory left for teardown.
+  returned: failure
+  type: str
+"""

@@ -1,0 +1,153 @@
+#!/usr/bin/python
+# reefguide-efs: a staging directory that starts as a hard-link copy of what is live.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: efs_staging
+short_description: Prepare (or remove) a run's staging directory on EFS as a hard-link copy of the live target
+description:
+  - V(present) creates O(staging) as a copy of O(target) made of hard links (directories are
+    created, files linked, symlinks recreated as links): it costs no EFS bytes and no download for
+    files that do not change. The sync then replaces changed files with new ones (written to a
+    temporary name and renamed, so the live copy's inode is never written) and deletes what the
+    new version lacks, without touching the live version.
+  - V(absent) deletes O(staging) (a failed run's leftover).
+  - Every path is relative to O(root); C(..), absolute paths and symlinked parents leading out of
+    O(root) are refused. Runs on the instance, with become.
+version_added: "0.1.0"
+author: reefguide-efs developers
+options:
+  root:
+    description: The EFS mount path on the instance.
+    type: path
+    required: true
+  target:
+    description: The live directory, relative to O(root). May not exist yet (then staging starts empty).
+    type: str
+  staging:
+    description: The staging directory, relative to O(root) (e.g. C(.reefguide-staging/<run id>/<target>)).
+    type: str
+    required: true
+  exclude:
+    description: Entries directly under O(target) not copied (e.g. C(cache), which the release carries over).
+    type: list
+    elements: str
+    default: []
+  state:
+    description: V(present) or V(absent).
+    type: str
+    choices: [present, absent]
+    default: present
+notes:
+  - A staging directory that already exists is left as it is (a re-run of the same run resumes in it).
+  - Owner, group and mode are shared with the live files through the hard links.
+"""
+
+EXAMPLES = r"""
+- name: Stage next to the live ADRIA package
+  efs_staging:
+    root: /home/ec2-user/efs
+    target: data/reefguide/adria/datapackages/Moore_2025
+    staging: .reefguide-staging/20261124T2015Z/data/reefguide/adria/datapackages/Moore_2025
+  become: true
+"""
+
+RETURN = r"""
+linked:
+  description: Files hard-linked from the live target.
+  returned: always
+  type: int
+bytes_linked:
+  description: Their total size (not copied).
+  returned: always
+  type: int
+dirs:
+  description: Directories created.
+  returned: always
+  type: int
+"""
+
+import os
+import shutil
+import stat
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.reefguide_paths import UnsafePathError, parents_within, safe_join, safe_relpath
+
+
+def clone(src: str, dst: str, exclude: set[str]) -> tuple[int, int, int]:
+    """Hard-link copy of src at dst; returns (files, bytes, dirs)."""
+    files = size = dirs = 0
+    st = os.lstat(src)
+    os.makedirs(dst)
+    shutil.copystat(src, dst, follow_symlinks=False)
+    os.chown(dst, st.st_uid, st.st_gid)
+    dirs += 1
+    for entry in os.scandir(src):
+        if entry.name in exclude:
+            continue
+        s, d = entry.path, os.path.join(dst, entry.name)
+        est = entry.stat(follow_symlinks=False)
+        if stat.S_ISDIR(est.st_mode):
+            f, b, n = clone(s, d, set())
+            files, size, dirs = files + f, size + b, dirs + n
+        elif stat.S_ISLNK(est.st_mode):
+            os.symlink(os.readlink(s), d)
+            os.lchown(d, est.st_uid, est.st_gid)
+        elif stat.S_ISREG(est.st_mode):
+            os.link(s, d)
+            files += 1
+            size += est.st_size
+    return files, size, dirs
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            root=dict(type="path", required=True),
+            target=dict(type="str"),
+            staging=dict(type="str", required=True),
+            exclude=dict(type="list", elements="str", default=[]),
+            state=dict(type="str", default="present", choices=["present", "absent"]),
+        ),
+        required_if=[("state", "present", ["target"])],
+        supports_check_mode=True,
+    )
+    p = module.params
+    root = p["root"]
+    if not os.path.isdir(root):
+        module.fail_json(msg="EFS root %s is not a directory: is EFS mounted (efs_mount)?" % root)
+    try:
+        staging = safe_join(root, p["staging"], "staging")
+        target = safe_join(root, p["target"], "target") if p["target"] else None
+        for path in filter(None, (staging, target)):
+            if not parents_within(root, path):
+                raise UnsafePathError("%s: a parent directory is a symlink leading out of %s" % (path, root))
+        exclude = {safe_relpath(e, "exclude entry") for e in p["exclude"]}
+    except UnsafePathError as exc:
+        module.fail_json(msg="refused: %s" % exc)
+
+    if p["state"] == "absent":
+        exists = os.path.lexists(staging)
+        if exists and not module.check_mode:
+            shutil.rmtree(staging)
+        module.exit_json(changed=exists, linked=0, bytes_linked=0, dirs=0, staging=staging)
+
+    if os.path.lexists(staging):
+        module.exit_json(changed=False, linked=0, bytes_linked=0, dirs=0, staging=staging, resumed=True)
+    if module.check_mode:
+        module.exit_json(changed=True, linked=0, bytes_linked=0, dirs=0, staging=staging)
+    if target and os.path.isdir(target) and not os.path.islink(target):
+        os.makedirs(os.path.dirname(staging), exist_ok=True)
+        files, size, dirs = clone(target, staging, exclude)
+    else:
+        os.makedirs(staging)
+        files = size = 0
+        dirs = 1
+    module.exit_json(changed=True, linked=files, bytes_linked=size, dirs=dirs, staging=staging, resumed=False)
+
+
+if __name__ == "__main__":
+    main()

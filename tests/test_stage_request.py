@@ -1,0 +1,77 @@
+"""stage_request refuses bad requests before anything starts, and resolves presets."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+
+import pytest
+
+from helpers import run_module
+
+
+def req(tmp_path, **args):
+    args.setdefault("run_id", "run1")
+    args.setdefault("unpack_dir", str(tmp_path / "unpacked"))
+    return run_module("stage_request", args)
+
+
+@pytest.fixture
+def src(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "config.toml").write_text("x = 1\n")
+    return d
+
+
+def test_presets_resolve_with_their_default_modes(tmp_path, src) -> None:
+    r = req(tmp_path, src=str(src), preset="reefguide_data")
+    assert (r["dest"], r["mode"], r["src_kind"]) == ("data/reefguide", "merge", "directory")
+    assert r["run_prefix"] == "reefguide-efs/runs/run1/"
+    assert r["staging"] == ".reefguide-staging/run1/data/reefguide"
+    r = req(tmp_path, src=str(src), preset="adria_datapackage", package="Moore_2025-01-17_v070_rc1")
+    assert (r["dest"], r["mode"]) == ("data/reefguide/adria/datapackages/Moore_2025-01-17_v070_rc1", "replace")
+    r = req(tmp_path, src=str(src), dest="data/reefguide/criteria/", mode="mirror")
+    assert (r["dest"], r["mode"]) == ("data/reefguide/criteria", "mirror")
+
+
+@pytest.mark.parametrize("args, words", [
+    ({"dest": "/data/reefguide"}, "absolute"),
+    ({"dest": "data/reefguide/../../etc"}, ".."),
+    ({"dest": "data/other"}, "outside the allowed roots"),
+    ({"dest": "data/reefguide/cache"}, "clear_cache"),
+    ({"preset": "adria_datapackage"}, "package="),
+    ({"preset": "adria_datapackage", "package": "../x"}, "plain name"),
+    ({}, "dest="),
+    ({"dest": "data/reefguide", "preset": "reefguide_data"}, "not both"),
+])
+def test_bad_destinations_are_refused_before_anything_starts(tmp_path, src, args, words) -> None:
+    r = req(tmp_path, src=str(src), **args)
+    assert r.get("failed") and "nothing started" in r["msg"] and words in r["msg"], r["msg"]
+
+
+def test_unknown_preset_and_missing_src(tmp_path, src) -> None:
+    r = req(tmp_path, src=str(src), preset="everything")
+    assert r.get("failed") and "reefguide_data" in r["msg"]
+    r = req(tmp_path, src=str(tmp_path / "nope"), preset="reefguide_data")
+    assert r.get("failed") and "does not exist" in r["msg"]
+
+
+def test_archives_are_unpacked_and_bad_members_refused(tmp_path) -> None:
+    tgz = tmp_path / "pkg.tar.gz"
+    with tarfile.open(tgz, "w:gz") as tf:
+        data = b"raster"
+        info = tarfile.TarInfo("pkg/a b'c.tif")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    r = req(tmp_path, src=str(tgz), preset="reefguide_data")
+    assert r["src_kind"] == "archive"
+    assert (tmp_path / "unpacked" / "pkg" / "a b'c.tif").read_bytes() == b"raster"
+
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("../escape.txt", "x")
+    r = req(tmp_path, src=str(evil), preset="reefguide_data", unpack_dir=str(tmp_path / "u2"))
+    assert r.get("failed") and ".." in r["msg"]
+    assert not (tmp_path / "escape.txt").exists()
