@@ -33,8 +33,21 @@ class ActionModule(ActionBase):
         res = self._execute_module(module_name=module, module_args=args, task_vars=self.task_vars)
         self.steps[name] = {k: v for k, v in res.items() if k not in ("invocation", "_ansible_no_log")}
         if res.get("failed") or res.get("unreachable"):
-            raise AnsibleActionFail("%s (%s) failed: %s" % (name, module, res.get("msg", res)), result=res)
+            raise AnsibleActionFail("%s (%s) failed: %s" % (name, module, self.reason(res)), result=res)
         return res
+
+    @staticmethod
+    def reason(res: dict[str, Any]) -> str:
+        """The module's message, or its exception's, never a repr of the whole result."""
+        if res.get("msg"):
+            return str(res["msg"])
+        exc = res.get("exception")
+        event = getattr(exc, "event", None)
+        if event is not None and getattr(event, "msg", None):
+            return "module error: %s" % event.msg
+        if isinstance(exc, dict):
+            return "module error: %s" % exc.get("event", {}).get("msg", exc)
+        return "module error: %s" % (exc or "no message")
 
     def run(self, tmp: Any = None, task_vars: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         self.task_vars = task_vars or {}
