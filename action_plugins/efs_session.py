@@ -92,7 +92,7 @@ class ActionModule(ActionBase):
         else:
             self.step("prepare", "efs_staging", {
                 "root": root, "target": dest, "staging": a["staging"],
-                "exclude": [cache.split("/", 1)[0]] if cache else [],
+                "exclude": [cache] if cache else [],
             })
             pull_into, pull_mode = root + "/" + a["staging"], ("merge" if mode == "merge" else "mirror")
         pull_args = dict(aws, direction="pull", bucket=a["bucket"], prefix=a["prefix"], path=pull_into,

@@ -38,8 +38,8 @@ def make(root: str, version: int = 1, rasters: int = 4, size_kib: int = 256) -> 
         seed = "raster-%d-v%d" % (i, version if i == 0 else 1)
         write(os.path.join(root, "criteria", "Depth_%02d.tif" % i), block(seed, size_kib * 1024))
     write(os.path.join(root, "reefs", "reefs.gpkg"), block("reefs", 64 * 1024))
-    write(os.path.join(root, "notes", "read me 'first' $(date) `id`.txt"), "hands off\n".encode())
-    write(os.path.join(root, "notes", "Récifs – données.txt"), "non-ASCII name\n".encode())
+    write(os.path.join(root, "notes", "read me 'first' $(date) `id`.txt"), b"hands off\n")
+    write(os.path.join(root, "notes", "Récifs – données.txt"), b"non-ASCII name\n")
     write(os.path.join(root, "notes", "empty.dat"), b"")
 
 

@@ -31,10 +31,17 @@ options:
     type: str
     required: true
   exclude:
-    description: Entries directly under O(target) not copied (e.g. C(cache), which the release carries over).
+    description:
+      - Paths relative to O(target) not copied (e.g. C(cache), which the release carries over).
+      - Targets with releases of their own below O(target) (data packages under C(data/reefguide))
+        are left out too: the release carries them over from the live version.
     type: list
     elements: str
     default: []
+  releases_dir:
+    description: The releases area relative to O(root), where nested released targets are found.
+    type: str
+    default: .reefguide-releases
   state:
     description: V(present) or V(absent).
     type: str
@@ -74,11 +81,13 @@ import shutil
 import stat
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.reefguide_efs import nested_release_targets
 from ansible.module_utils.reefguide_paths import UnsafePathError, parents_within, safe_join, safe_relpath
 
 
-def clone(src: str, dst: str, exclude: set[str]) -> tuple[int, int, int]:
-    """Hard-link copy of src at dst; returns (files, bytes, dirs)."""
+def clone(src: str, dst: str, exclude: set[str], rel: str = "") -> tuple[int, int, int]:
+    """Hard-link copy of src at dst, leaving out the relative paths in
+    exclude; returns (files, bytes, dirs)."""
     files = size = dirs = 0
     st = os.lstat(src)
     os.makedirs(dst)
@@ -86,12 +95,13 @@ def clone(src: str, dst: str, exclude: set[str]) -> tuple[int, int, int]:
     os.chown(dst, st.st_uid, st.st_gid)
     dirs += 1
     for entry in os.scandir(src):
-        if entry.name in exclude:
+        entry_rel = rel + entry.name
+        if entry_rel in exclude:
             continue
         s, d = entry.path, os.path.join(dst, entry.name)
         est = entry.stat(follow_symlinks=False)
         if stat.S_ISDIR(est.st_mode):
-            f, b, n = clone(s, d, set())
+            f, b, n = clone(s, d, exclude, entry_rel + "/")
             files, size, dirs = files + f, size + b, dirs + n
         elif stat.S_ISLNK(est.st_mode):
             os.symlink(os.readlink(s), d)
@@ -110,6 +120,7 @@ def main() -> None:
             target=dict(type="str"),
             staging=dict(type="str", required=True),
             exclude=dict(type="list", elements="str", default=[]),
+            releases_dir=dict(type="str", default=".reefguide-releases"),
             state=dict(type="str", default="present", choices=["present", "absent"]),
         ),
         required_if=[("state", "present", ["target"])],
@@ -126,6 +137,7 @@ def main() -> None:
             if not parents_within(root, path):
                 raise UnsafePathError("%s: a parent directory is a symlink leading out of %s" % (path, root))
         exclude = {safe_relpath(e, "exclude entry") for e in p["exclude"]}
+        releases_root = safe_join(root, p["releases_dir"], "releases_dir")
     except UnsafePathError as exc:
         module.fail_json(msg="refused: %s" % exc)
 
@@ -140,6 +152,8 @@ def main() -> None:
     if module.check_mode:
         module.exit_json(changed=True, linked=0, bytes_linked=0, dirs=0, staging=staging)
     if target and os.path.isdir(target) and not os.path.islink(target):
+        if os.path.isdir(releases_root):
+            exclude |= set(nested_release_targets(releases_root, safe_relpath(p["target"], "target")))
         os.makedirs(os.path.dirname(staging), exist_ok=True)
         files, size, dirs = clone(target, staging, exclude)
     else:
