@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 export ANSIBLE_CONFIG="$PWD/ansible.cfg"
 .venv/bin/ruff check --quiet .
+NO_COLOR=1 .venv/bin/ansible-lint -q --nocolor
 .venv/bin/pytest tests -q -p no:cacheprovider "$@"
