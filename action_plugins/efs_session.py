@@ -72,6 +72,11 @@ class ActionModule(ActionBase):
             })
             mounted_here = bool(mount.get("mounted_by_this_call"))
             outcome = getattr(self, op)(a, root, user)
+            # what EFS now holds, for the summary's cost estimate (never fails the operation)
+            usage = self._execute_module(module_name="efs_usage", module_args={"root": root},
+                                         task_vars=self.task_vars)
+            if not usage.get("failed"):
+                outcome["usage"] = {k: usage.get(k) for k in ("bytes", "files", "areas", "complete")}
         except AnsibleActionFail as exc:
             result.update(failed=True, msg=str(exc), steps=self.steps)
             if op == "stage" and a.get("mode") != "mirror":
