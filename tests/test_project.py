@@ -36,8 +36,10 @@ def test_python_dependencies_are_pinned() -> None:
 
 
 def test_entry_points_and_layout_exist() -> None:
-    for path in ("ansible.cfg", "requirements.yml", "playbooks", "roles",
-                 "library", "module_utils", "inventory", "molecule", "lab/labctl", ".ci/run", "README.md"):
+    for path in ("stage_data.yml", "teardown.yml", "rollback.yml", "ansible.cfg", "requirements.yml", "playbooks",
+                 "roles",
+                 "library", "module_utils", "inventory", "molecule", "lab/labctl", ".ci/run", "README.md",
+                 "action_plugins"):
         assert (ROOT / path).exists(), path
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci and "make test" in (ROOT / "README.md").read_text()
