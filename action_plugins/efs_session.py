@@ -66,6 +66,7 @@ class ActionModule(ActionBase):
         user = a.get("user") or "ec2-user"
         mounted_here = False
         try:
+            self.ensure_packages(bool(a.get("install_packages", True)))
             mount = self.step("mount", "efs_mount", {
                 "state": "mounted", "fs_id": a["fs_id"], "path": root, "user": user,
                 "options": a.get("mount_options") or "tls,iam", "owner": user, "group": user,
@@ -86,6 +87,27 @@ class ActionModule(ActionBase):
         self.unmount(root, mounted_here, result)
         result.update(outcome, steps=self.steps, mounted_here=mounted_here)
         return result
+
+    def ensure_packages(self, install: bool) -> None:
+        """boto3 for the instance's python (the sync pulls with it), from the
+        distribution's packages, once: a present one costs one tiny command in
+        this same session."""
+        python = self.task_vars.get("ansible_python_interpreter") or "/usr/bin/python3"
+        probe = self._low_level_execute_command("%s -c 'import boto3'" % python, sudoable=False)
+        if probe.get("rc") == 0:
+            self.steps["packages"] = {"changed": False, "msg": "boto3 present"}
+            return
+        if not install:
+            raise AnsibleActionFail("boto3 is not importable by %s on the instance: install python3-boto3 "
+                                    "(dnf install -y python3-boto3) or set reefguide_install_packages: true" % python)
+        cmd = ("if command -v dnf >/dev/null; then dnf install -y -q python3-boto3; "
+               "else apt-get install -y -q python3-boto3; fi")
+        res = self._low_level_execute_command(cmd, sudoable=True)
+        self.steps["packages"] = {"changed": res.get("rc") == 0, "rc": res.get("rc"),
+                                  "msg": "installed python3-boto3" if res.get("rc") == 0 else res.get("stderr", "")}
+        if res.get("rc") != 0:
+            raise AnsibleActionFail("installing python3-boto3 on the instance failed: %s"
+                                    % (res.get("stderr") or res.get("stdout") or "rc=%s" % res.get("rc")))
 
     # -- operations -------------------------------------------------------------
     def stage(self, a: dict[str, Any], root: str, user: str) -> dict[str, Any]:

@@ -27,6 +27,10 @@ version_added: "0.1.0"
 author: reefguide-efs developers
 options:
   operation: {description: What to do., type: str, choices: [stage, teardown, rollback], default: stage}
+  install_packages:
+    description: Install python3-boto3 on the instance (dnf, or apt) when its python lacks boto3.
+    type: bool
+    default: true
   remove: {description: With teardown, extra paths (relative to the EFS root) to delete., type: list, elements: str}
   allowed_roots: {description: With teardown, where O(remove) may delete., type: list, elements: str}
   fs_id: {description: EFS file-system id., type: str, required: true}
