@@ -24,23 +24,7 @@ options:
   efs_id:
     description: Use this EFS file-system id instead of the stack's resource (needed if it has several).
     type: str
-  region:
-    description: AWS region. Default from the environment or profile.
-    type: str
-    aliases: [aws_region]
-  profile:
-    description: AWS profile to use.
-    type: str
-    aliases: [aws_profile]
-  endpoint_url:
-    description: Endpoint URL for all services (the lab). Default from C(AWS_ENDPOINT_URL[_<SERVICE>]).
-    type: str
-    aliases: [aws_endpoint_url]
-  max_attempts:
-    description: Attempts per AWS call, with back-off.
-    type: int
-    default: 10
-requirements: [boto3]
+extends_documentation_fragment: [reefguide_aws]
 """
 
 EXAMPLES = r"""

@@ -10,7 +10,7 @@ short_description: Take, release or break the per-deployment lock of reefguide-e
 description:
   - Keeps two stage or teardown runs from working on one ReefGuide deployment at once.
   - The lock is an object (C(reefguide-efs/lock.json) by default) in the deployment's transfer
-    bucket, created with S3's conditional write (C(If-None-Match: *)), so two runs racing for it
+    bucket, created with S3's conditional write (header C(If-None-Match) set to C(*)), so two runs racing for it
     cannot both win, whichever machine they run on.
   - A run that finds the lock held fails with the holder's name, host, run id and start time.
   - A lock left by a run that died can be broken explicitly with O(state=broken).
@@ -46,25 +46,9 @@ options:
     description: What the run does (e.g. C(stage data/reefguide)), shown to whoever is refused.
     type: str
     default: ""
-  region:
-    description: AWS region. Default from the environment or profile.
-    type: str
-    aliases: [aws_region]
-  profile:
-    description: AWS profile to use.
-    type: str
-    aliases: [aws_profile]
-  endpoint_url:
-    description: S3 endpoint URL (the lab). Default from C(AWS_ENDPOINT_URL_S3) / C(AWS_ENDPOINT_URL).
-    type: str
-    aliases: [aws_endpoint_url]
-  max_attempts:
-    description: Attempts per AWS call, with back-off, before giving up.
-    type: int
-    default: 10
 notes:
   - Check mode reports whether the lock could be taken and changes nothing.
-requirements: [boto3]
+extends_documentation_fragment: [reefguide_aws]
 """
 
 EXAMPLES = r"""

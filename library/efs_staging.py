@@ -9,7 +9,7 @@ module: efs_staging
 short_description: Prepare (or remove) a run's staging directory on EFS as a hard-link copy of the live target
 description:
   - V(present) creates O(staging) as a copy of O(target) made of hard links (directories are
-    created, files linked, symlinks recreated as links): it costs no EFS bytes and no download for
+    created, files linked, symlinks recreated as links); it costs no EFS bytes and no download for
     files that do not change. The sync then replaces changed files with new ones (written to a
     temporary name and renamed, so the live copy's inode is never written) and deletes what the
     new version lacks, without touching the live version.
@@ -34,7 +34,7 @@ options:
     description:
       - Paths relative to O(target) not copied (e.g. C(cache), which the release carries over).
       - Targets with releases of their own below O(target) (data packages under C(data/reefguide))
-        are left out too: the release carries them over from the live version.
+        are left out too; the release carries them over from the live version.
     type: list
     elements: str
     default: []

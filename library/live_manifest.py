@@ -12,7 +12,7 @@ description:
     SHA-256 of every file, and the release id) as a small object in the transfer bucket.
   - V(compared) reads that record and compares it with a local tree, so an identical re-run is
     recognised on the controller before anything is uploaded or the instance is started. Local
-    SHA-256s come from the sync engine's checksum cache: unchanged files are not read again.
+    SHA-256s come from the sync engine's checksum cache, so unchanged files are not read again.
   - V(present) records a release: it copies the manifest the push wrote for the run into the record.
   - V(absent) forgets the record (after a rollback: the next stage then compares nothing and stages).
   - Runs on the controller.
@@ -48,23 +48,7 @@ options:
   release_id:
     description: With V(present), the release that went live.
     type: str
-  region:
-    description: AWS region.
-    type: str
-    aliases: [aws_region]
-  profile:
-    description: AWS profile.
-    type: str
-    aliases: [aws_profile]
-  endpoint_url:
-    description: S3 endpoint URL (the lab).
-    type: str
-    aliases: [aws_endpoint_url]
-  max_attempts:
-    description: Attempts per AWS call, with back-off.
-    type: int
-    default: 10
-requirements: [boto3]
+extends_documentation_fragment: [reefguide_aws]
 """
 
 EXAMPLES = r"""

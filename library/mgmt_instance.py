@@ -43,26 +43,10 @@ options:
     description: Seconds between state checks.
     type: float
     default: 2
-  region:
-    description: AWS region.
-    type: str
-    aliases: [aws_region]
-  profile:
-    description: AWS profile.
-    type: str
-    aliases: [aws_profile]
-  endpoint_url:
-    description: Endpoint URL (the lab). Default from C(AWS_ENDPOINT_URL[_EC2|_SSM]).
-    type: str
-    aliases: [aws_endpoint_url]
-  max_attempts:
-    description: Attempts per AWS call, with back-off.
-    type: int
-    default: 10
 notes:
   - Check mode reports what would be done (C(changed) true if the instance would be started or
     stopped) and calls neither StartInstances nor StopInstances.
-requirements: [boto3]
+extends_documentation_fragment: [reefguide_aws]
 """
 
 EXAMPLES = r"""

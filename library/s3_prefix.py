@@ -28,23 +28,7 @@ options:
     type: list
     elements: str
     default: []
-  region:
-    description: AWS region.
-    type: str
-    aliases: [aws_region]
-  profile:
-    description: AWS profile.
-    type: str
-    aliases: [aws_profile]
-  endpoint_url:
-    description: S3 endpoint URL (the lab).
-    type: str
-    aliases: [aws_endpoint_url]
-  max_attempts:
-    description: Attempts per AWS call, with back-off.
-    type: int
-    default: 10
-requirements: [boto3]
+extends_documentation_fragment: [reefguide_aws]
 """
 
 EXAMPLES = r"""

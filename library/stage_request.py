@@ -11,7 +11,7 @@ description:
   - Checks O(src), O(dest) or O(preset), O(mode) before anything is started, uploaded or changed,
     and resolves them into the paths the rest of the run uses.
   - A C(.zip), C(.tar.gz) or C(.tgz) O(src) is unpacked on the controller into O(unpack_dir)
-    (names checked first: no absolute paths, no C(..), no links leaving the archive) so that it is
+    (names checked first; no absolute paths, no C(..), no links leaving the archive) so that it is
     staged, verified and released file by file like a directory.
   - Runs on the controller. Changes nothing but O(unpack_dir).
 version_added: "0.1.0"
