@@ -99,19 +99,14 @@ from ansible.module_utils.reefguide_aws import (
     client_from_params,
     error_code,
     fail_aws,
+    read_json_object,
     require_boto3,
 )
 
 
 def read_lock(s3: Any, bucket: str, key: str) -> dict[str, Any]:
     try:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except Exception as exc:  # NoSuchKey is the normal "free" answer
-        if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
-            return {}
-        raise
-    try:
-        return json.loads(body)
+        return read_json_object(s3, bucket, key) or {}
     except ValueError:
         return {"run_id": "?", "holder": "unreadable lock object", "since": "?"}
 

@@ -97,7 +97,13 @@ import json
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.reefguide_aws import AWS_COMMON_ARGS, client_from_params, error_code, fail_aws, require_boto3
+from ansible.module_utils.reefguide_aws import (
+    AWS_COMMON_ARGS,
+    client_from_params,
+    fail_aws,
+    read_json_object,
+    require_boto3,
+)
 from ansible.module_utils.reefguide_sync import (
     ChecksumCache,
     LocalFileError,
@@ -110,14 +116,11 @@ from ansible.module_utils.reefguide_sync import (
 
 
 def read_record(s3: Any, bucket: str, key: str) -> dict[str, Any]:
+    """The record, {} when there is none or it is unreadable (then the run stages)."""
     try:
-        return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-    except Exception as exc:
-        if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
-            return {}
-        if isinstance(exc, ValueError):
-            return {}
-        raise
+        return read_json_object(s3, bucket, key) or {}
+    except ValueError:
+        return {}
 
 
 def local_manifest(path: str) -> dict[str, tuple[int, str]]:

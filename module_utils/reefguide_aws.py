@@ -165,3 +165,17 @@ def describe_error(exc: BaseException, what: str) -> str:
 
 def fail_aws(module: Any, exc: BaseException, what: str, **extra: Any) -> None:
     module.fail_json(msg=describe_error(exc, what), error_code=error_code(exc), **extra)
+
+
+def read_json_object(s3: Any, bucket: str, key: str) -> Optional[Any]:
+    """The JSON document stored at s3://bucket/key, None when there is no such
+    object, ValueError when it is not JSON; other errors raise as they are."""
+    import json
+
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as exc:
+        if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise
+    return json.loads(body)
