@@ -1284,8 +1284,10 @@ class Sync:
             self.cache.path = None
 
     def _take_lock(self) -> None:
-        """One run at a time per local root: temporaries of another live run
-        must not be swept, nor the cache written twice."""
+        """A pull holds its local root alone (temporaries of another live run
+        must not be swept); pushes only read it, so several may share it (one
+        src staged to several deployments at once). The checksum cache is
+        replaced atomically, so concurrent pushes at worst drop entries."""
         if self.opts.dry_run:
             return
         import fcntl
@@ -1294,7 +1296,8 @@ class Sync:
         os.makedirs(os.path.dirname(lock_path), exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            mode = fcntl.LOCK_SH if self.opts.direction == "push" else fcntl.LOCK_EX
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             raise SyncError(
