@@ -298,8 +298,10 @@ checksum_cache:
   description: The checksum cache file used.
   returned: always
   type: str
-warnings:
-  description: Entries skipped (special files, temporaries found in a push source) and similar notes.
+notes:
+  description: >-
+    Entries skipped (special files, temporaries found in a push source) and similar notes; each is
+    also shown as a warning. (Not named C(warnings): that key is Ansible's own.)
   returned: always
   type: list
   elements: str
@@ -416,18 +418,24 @@ def main() -> None:
     except (SyncError, UnsafePathError) as exc:
         extra = sync.result() if sync is not None else {}
         extra.pop("changed", None)
+        extra["notes"] = extra.pop("warnings", [])
         module.fail_json(
             msg="%s failed: %s" % (what, exc), changed=bool(extra.get("transferred", {}).get("files")), **extra
         )
     except Exception as exc:  # botocore / S3 errors: code and hint in the message
         extra = sync.result() if sync is not None else {}
         extra.pop("changed", None)
+        extra["notes"] = extra.pop("warnings", [])
         module.fail_json(
             msg=describe_error(exc, what),
             error_code=error_code(exc),
             changed=bool(extra.get("transferred", {}).get("files")),
             **extra,
         )
+    notes = result.pop("warnings", [])
+    for note in notes:
+        module.warn(note)
+    result["notes"] = notes
     result["summary"] = summary(result)
     if module._diff:
         result["diff"] = {"prepared": diff_text(result)}
