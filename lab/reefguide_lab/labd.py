@@ -52,8 +52,9 @@ class Supervisor:
         self.stop_event = threading.Event()
 
     # -- instance life cycle -------------------------------------------------
-    def fs_for(self, instance_id: str) -> str:
-        return load().get("instance_fs", {}).get(instance_id, "fs-unknown")
+    def fs_for(self, instance_id: str) -> str | None:
+        # None until `labctl deploy` has recorded the stack's file system.
+        return load().get("instance_fs", {}).get(instance_id)
 
     def poll_once(self) -> None:
         states: dict[str, str] = {}
@@ -67,7 +68,12 @@ class Supervisor:
                 rec["ec2_state"] = ec2_state
                 alive = rec["init_pid"] is not None and inst.pid_alive(rec["init_pid"])
                 if ec2_state == "running" and not alive:
-                    inst.provision(iid, self.fs_for(iid))
+                    fs_id = self.fs_for(iid)
+                    if fs_id is None:
+                        # Created by CloudFormation a moment ago: booting now would bake an
+                        # unknown file system into mountefs.sh, so wait for the deploy to say.
+                        continue
+                    inst.provision(iid, fs_id)
                     rec["init_pid"] = inst.boot(iid)
                     rec["running_since"] = time.time()
                 elif ec2_state != "running" and rec["init_pid"] is not None:
