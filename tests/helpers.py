@@ -31,6 +31,16 @@ def ansible_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     return env
 
 
+def run_playbook(lab_env: dict[str, str], inventory: Path, *args: str, timeout: float = 600,
+                 env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """ansible-playbook from the repository root, human-readable output (what users read)."""
+    full = ansible_env(lab_env)
+    full["ANSIBLE_STDOUT_CALLBACK"] = "default"
+    full.update(env or {})
+    return subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), *args], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def run_module(
     name: str,
     args: dict[str, Any],

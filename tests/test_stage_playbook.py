@@ -7,15 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import ROOT, VENV_BIN, ansible_env
+from helpers import ROOT, run_playbook
 from lab import Lab
 
 
 def playbook(lab: Lab, inventory: Path, *args: str) -> subprocess.CompletedProcess:
-    env = ansible_env(lab.env)
-    env["ANSIBLE_STDOUT_CALLBACK"] = "default"
-    return subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_playbook(lab.env, inventory, *args)
 
 
 def two_deployments(lab: Lab, tmp_path: Path) -> Path:
