@@ -31,7 +31,7 @@ NASTY = {
     "semi;colon&amp|pipe.txt": b"meta",
     "-leading-dash.txt": b"dash",
     "--help": b"double dash",
-    "r\u00e9cif_\u65e5\u672c.txt": "non-ASCII".encode(),
+    "r\u00e9cif_\u65e5\u672c.txt": b"non-ASCII",
     "x" * 255: b"255 bytes",
     "empty.bin": b"",
     "*glob?[x].txt": b"glob",

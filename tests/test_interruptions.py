@@ -1,0 +1,171 @@
+"""stage_data.yml interrupted: Ctrl-C of the controller during the upload and
+during the remote part, the instance stopped under it, SSM never Online.
+After each: live data untouched, nothing half-staged is live, and what is
+left (lock, running instance, uploads, staging) is named by the next run and
+cleaned by teardown.yml, after which a stage completes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from helpers import ROOT, VENV_BIN, ansible_env, run_playbook
+from lab import Lab
+
+INVENTORY = ROOT / "inventory" / "lab.yml"
+DEST = "data/reefguide/interrupted"
+
+
+@pytest.fixture(scope="module")
+def ilab(tmp_path_factory):
+    """A lab of this module's own: these tests leave locks and running instances behind on purpose."""
+    lab = Lab(tmp_path_factory.mktemp("ilab"))
+    try:
+        lab.up("--boot-delay", "1")
+        yield lab
+    finally:
+        lab.down()
+
+
+def make_src(root: Path, version: str, files: int = 1500) -> Path:
+    """Enough small files that the upload and the pull each take seconds on moto."""
+    for i in range(files):
+        d = root / ("region%02d" % (i % 15))
+        d.mkdir(parents=True, exist_ok=True)
+        (d / ("table%04d.csv" % i)).write_text(("%s,%d\n" % (version, i)) * 200)
+    return root
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def start_stage(lab: Lab, src: Path) -> subprocess.Popen:
+    env = ansible_env(lab.env)
+    env["ANSIBLE_STDOUT_CALLBACK"] = "default"
+    # its own process group, as a terminal's foreground job: Ctrl-C reaches all of it
+    return subprocess.Popen([str(VENV_BIN / "ansible-playbook"), "-i", str(INVENTORY), "stage_data.yml",
+                             "-e", "src=%s" % src, "-e", "dest=%s" % DEST], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_for(what: str, cond: Callable[[], bool], proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not cond():
+        assert proc.poll() is None, "the run ended before %s: %s" % (what, proc.communicate()[0][-3000:])
+        assert time.time() < deadline, "no %s within %d s" % (what, timeout)
+        time.sleep(0.1)
+
+
+def uploading(lab: Lab) -> bool:
+    page = lab.client("s3").list_objects_v2(Bucket=lab.bucket, Prefix="reefguide-efs/runs/", MaxKeys=5)
+    return page.get("KeyCount", 0) > 0
+
+
+def remote_part(lab: Lab) -> bool:
+    return lab.status()["sessions_open"] > 0
+
+
+def interrupt(proc: subprocess.Popen) -> str:
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    return out
+
+
+def run_keys(lab: Lab) -> list[str]:
+    page = lab.client("s3").list_objects_v2(Bucket=lab.bucket, Prefix="reefguide-efs/runs/")
+    return [o["Key"] for o in page.get("Contents", [])]
+
+
+def staged_leftovers(lab: Lab) -> list[str]:
+    staging = lab.efs_path / ".reefguide-staging"
+    return [p.name for p in staging.iterdir()] if staging.is_dir() else []
+
+
+def ec2_state(lab: Lab) -> str:
+    return lab.status()["instances"][lab.instance_id]["ec2_state"]
+
+
+def stage_v1(lab: Lab, tmp_path: Path) -> Path:
+    v1 = make_src(tmp_path / "v1", "v1", files=20)
+    run = run_playbook(lab.env, INVENTORY, "stage_data.yml", "-e", "src=%s" % v1, "-e", "dest=%s" % DEST)
+    assert run.returncode == 0, run.stdout[-3000:]
+    return v1
+
+
+def teardown_then_restage(lab: Lab, src: Path) -> None:
+    """What the operator does next: the stage names the held lock; teardown
+    breaks it and cleans; then the stage completes."""
+    refused = run_playbook(lab.env, INVENTORY, "stage_data.yml", "-e", "src=%s" % src, "-e", "dest=%s" % DEST)
+    assert refused.returncode != 0 and "locked by" in refused.stdout and "break_lock=true" in refused.stdout, \
+        refused.stdout[-3000:]
+    tidy = run_playbook(lab.env, INVENTORY, "teardown.yml", "-e", "break_lock=true")
+    assert tidy.returncode == 0, tidy.stdout[-3000:]
+    assert run_keys(lab) == []
+    assert staged_leftovers(lab) == []
+    assert ec2_state(lab) == "stopped"
+    again = run_playbook(lab.env, INVENTORY, "stage_data.yml", "-e", "src=%s" % src, "-e", "dest=%s" % DEST)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert tree(lab.efs_path / DEST) == tree(src)
+    assert ec2_state(lab) == "stopped"
+
+
+def test_ctrl_c_during_the_upload(ilab: Lab, tmp_path: Path) -> None:
+    v1 = stage_v1(ilab, tmp_path)
+    v2 = make_src(tmp_path / "v2", "v2")
+    proc = start_stage(ilab, v2)
+    wait_for("upload", lambda: uploading(ilab), proc)
+    interrupt(proc)
+    assert tree(ilab.efs_path / DEST) == tree(v1)  # live data untouched
+    teardown_then_restage(ilab, v2)
+
+
+def test_ctrl_c_during_the_remote_part(ilab: Lab, tmp_path: Path) -> None:
+    v1 = stage_v1(ilab, tmp_path)
+    v2 = make_src(tmp_path / "v2", "v2")
+    proc = start_stage(ilab, v2)
+    wait_for("remote session", lambda: remote_part(ilab), proc)
+    time.sleep(1.5)
+    interrupt(proc)
+    assert tree(ilab.efs_path / DEST) == tree(v1)
+    teardown_then_restage(ilab, v2)
+
+
+def test_instance_stopped_during_the_remote_part(ilab: Lab, tmp_path: Path) -> None:
+    v1 = stage_v1(ilab, tmp_path)
+    v2 = make_src(tmp_path / "v2", "v2")
+    proc = start_stage(ilab, v2)
+    wait_for("remote session", lambda: remote_part(ilab), proc)
+    time.sleep(1.5)
+    ilab.stop_instance()
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert "Staging failed" in out and "stopped" in out, out[-4000:]
+    assert tree(ilab.efs_path / DEST) == tree(v1)
+    assert ec2_state(ilab) == "stopped"
+    # the run released its lock and removed its uploads; a plain re-run completes
+    assert run_keys(ilab) == []
+    again = run_playbook(ilab.env, INVENTORY, "stage_data.yml", "-e", "src=%s" % v2, "-e", "dest=%s" % DEST)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert tree(ilab.efs_path / DEST) == tree(v2)
+
+
+def test_ssm_never_online_times_out_and_stops_the_instance(ilab: Lab, tmp_path: Path) -> None:
+    src = make_src(tmp_path / "src", "never", files=5)
+    ilab.set_boot_delay(600)
+    try:
+        run = run_playbook(ilab.env, INVENTORY, "stage_data.yml", "-e", "src=%s" % src, "-e", "dest=%s" % DEST,
+                           "-e", "reefguide_online_timeout=8")
+    finally:
+        ilab.set_boot_delay(1)
+    assert run.returncode != 0
+    assert "Online" in run.stdout and "8" in run.stdout, run.stdout[-3000:]
+    assert ec2_state(ilab) == "stopped"
+    assert run_keys(ilab) == []
