@@ -6,6 +6,8 @@
   names the cause and what to do, stops the instance, releases nothing and leaves the lock free.
 - A stall longer than the client's socket timeout ends in a retry, not a hang (the engine's own
   client and the modules' boto3 configuration, with the timeout shortened to 1 s).
+- A request that S3 applied but whose answer was lost (the `drop` kind) is retried safely: the
+  deployment lock's conditional write, met again by its own retry, is taken, not refused.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pytest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from helpers import ROOT, VENV_BIN, ansible_env
+from helpers import ROOT, run_module, run_playbook
 from lab import Lab
 
 DEST = "data/reefguide/adria/datapackages/Both"
@@ -60,10 +62,7 @@ def moto(lab: Lab, service: str = "s3", **config: Any) -> Any:
 
 
 def playbook(lab: Lab, *args: str) -> subprocess.CompletedProcess:
-    env = ansible_env(lab.env)
-    env["ANSIBLE_STDOUT_CALLBACK"] = "default"
-    return subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(INVENTORY), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_playbook(lab.env, INVENTORY, *args)
 
 
 def sample(tmp_path: Path, name: str, *args: str) -> Path:
@@ -129,7 +128,6 @@ def test_s3_that_only_says_slowdown_fails_cleanly(flaky: Lab, tmp_path: Path) ->
     assert run.returncode != 0, out[-4000:]
     failure = [line for line in out.splitlines() if line.startswith("[ERROR]") and "Staging failed in" in line]
     assert failure, out[-4000:]
-    print(failure[-1])
     # names the cause (S3's SlowDown, HTTP 503, on the pull) and what to do
     assert "SlowDown" in failure[-1] and "HTTP 503" in failure[-1] and "pull" in failure[-1], failure[-1]
     assert "retry later" in failure[-1], failure[-1]
@@ -171,3 +169,21 @@ def test_a_stall_past_the_socket_timeout_ends_in_a_retry(flaky: Lab) -> None:
         assert flaky.status()["s3_faults"]["counters"]["by_kind"]["stall"] == 2
     finally:
         faults(flaky, rate=0, match=None, max_faults=None, stall_seconds=1.5)
+
+
+def test_a_lost_answer_to_the_lock_write_is_not_a_lock_held_by_someone_else(flaky: Lab) -> None:
+    """The conditional PUT that takes the lock reaches S3, its answer is lost (reset); boto3
+    retries, meets the object it wrote (412) and must see that the lock is its own."""
+    key = "faults/lock.json"
+    args = {"bucket": flaky.bucket, "key": key, "run_id": "run-lost-answer", "purpose": "faults test"}
+    try:
+        faults(flaky, rate=1.0, kinds=["drop"], match="^PUT /%s/%s$" % (re.escape(flaky.bucket), key),
+               max_faults=1, reset_counters=True)
+        res = run_module("deployment_lock", args, env=flaky.env)
+        assert flaky.status()["s3_faults"]["counters"]["by_kind"]["drop"] == 1
+    finally:
+        faults(flaky, rate=0, match=None, max_faults=None, kinds=["500", "503", "reset", "stall"])
+    assert not res.get("failed") and res["changed"] and res["lock"]["run_id"] == "run-lost-answer", res.get("msg")
+    res = run_module("deployment_lock", dict(args, state="absent"), env=flaky.env)
+    assert not res.get("failed") and res["changed"], res.get("msg")
+    assert "Contents" not in moto(flaky).list_objects_v2(Bucket=flaky.bucket, Prefix=key)
