@@ -143,6 +143,9 @@ def take(module: AnsibleModule, s3: Any, previous: dict[str, Any]) -> None:
     except Exception as exc:
         if error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
             winner = read_lock(s3, p["bucket"], p["key"])
+            if winner and winner.get("run_id") == p["run_id"]:
+                # our own write: it was applied but its answer was lost, and the retry met it
+                module.exit_json(changed=True, lock=winner, previous=previous)
             module.fail_json(msg="deployment is locked by %s (taken just now)" % describe(winner),
                              lock=winner, previous=previous)
         fail_aws(module, exc, "taking the lock s3://%s/%s" % (p["bucket"], p["key"]))

@@ -129,12 +129,13 @@ def error_code(exc: BaseException) -> str:
     return ""
 
 
-_DENIED = "the credentials in use lack this permission; see docs/iam/ for the policy the playbooks need"
+_DENIED = "the credentials in use lack this permission; iam/README.md lists the policies the playbooks need"
 _EXPIRED = "the session token has expired: log in again (e.g. 'aws sso login --profile <profile>')"
 _HINTS = {
     "AccessDenied": _DENIED,
     "AccessDeniedException": _DENIED,
     "UnauthorizedOperation": _DENIED,
+    "403": _DENIED,
     "ExpiredToken": _EXPIRED,
     "ExpiredTokenException": _EXPIRED,
     "InvalidClientTokenId": "the access key is not valid in this account/region: check the profile",
@@ -144,6 +145,17 @@ _HINTS = {
     "SlowDown": "S3 kept throttling past the retry budget: lower the concurrency or retry later",
     "RequestLimitExceeded": "EC2 kept throttling past the retry budget: retry later",
     "ThrottlingException": "the API kept throttling past the retry budget: retry later",
+}
+
+
+# The IAM action an S3 operation is authorized by, for AccessDenied messages
+# that do not name it (S3's often do not).
+_S3_IAM_ACTION = {
+    "PutObject": "s3:PutObject", "CreateMultipartUpload": "s3:PutObject", "UploadPart": "s3:PutObject",
+    "CompleteMultipartUpload": "s3:PutObject", "AbortMultipartUpload": "s3:AbortMultipartUpload",
+    "GetObject": "s3:GetObject", "HeadObject": "s3:GetObject", "ListObjectsV2": "s3:ListBucket",
+    "ListObjects": "s3:ListBucket", "HeadBucket": "s3:ListBucket", "DeleteObject": "s3:DeleteObject",
+    "DeleteObjects": "s3:DeleteObject",
 }
 
 
@@ -158,6 +170,9 @@ def describe_error(exc: BaseException, what: str) -> str:
     if code:
         msg = exc.response.get("Error", {}).get("Message", "") or str(exc)
         text = "%s failed: %s: %s" % (what, code, msg)
+        action = _S3_IAM_ACTION.get(getattr(exc, "operation_name", "") or "")
+        if _HINTS.get(code) == _DENIED and action and "not authorized to perform" not in msg:
+            text += " (%s needs %s)" % (exc.operation_name, action)
         hint = _HINTS.get(code)
         return text + (" (%s)" % hint if hint else "")
     return "%s failed: %s" % (what, exc)

@@ -1,6 +1,7 @@
 """labctl: bring the ReefGuide lab up and down, and talk to it.
 
     labctl up [--stack-name N] [--boot-delay S]   start moto + labd, deploy the stack, stop the instance
+              [--iam]                             ... and enforce iam/*.json (operator keys in 'env', iam/README.md)
     labctl down                                   stop everything the lab started, by pid; remove its state
     labctl status                                 processes, stack, instance state, SSM sessions opened
     labctl env                                    shell exports that point AWS tools and Ansible at the lab
@@ -10,6 +11,9 @@
     labctl boot-delay SECONDS                     how long the SSM agent takes to come Online
     labctl shell [--user U]                       a root (or U) shell inside the running instance
     labctl efs-path [--stack-name N]              the host directory that holds the stack's EFS data
+    labctl up --s3-faults RATE [--s3-fault-kinds K,..] [--s3-stall-seconds S] [--s3-fault-seed N]
+                                                  the same, with a flaky S3 (faults.py) in front of moto
+    labctl faults [--rate R] [--kinds K,..] [...]  show or change the S3 faults and their counters
 """
 
 from __future__ import annotations
@@ -23,18 +27,21 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import boto3
 
+from . import iam as lab_iam
 from . import instance as inst
 from .state import (
     DEFAULT_REGION,
     DEFAULT_STACK,
     LAB_PKG,
     REPO,
+    admin_credentials,
     lab_dir,
     lab_env,
     load,
@@ -67,6 +74,7 @@ def die(msg: str) -> None:
 
 def client(state: dict[str, Any], service: str):
     env = lab_env(state)
+    env.update(admin_credentials(state))  # the lab's own calls: lab-admin under --iam
     endpoint = env["AWS_ENDPOINT_URL_SSM"] if service == "ssm" else env["AWS_ENDPOINT_URL"]
     return boto3.client(
         service, endpoint_url=endpoint, region_name=env["AWS_REGION"],
@@ -169,9 +177,20 @@ def cmd_up(args: argparse.Namespace) -> None:
     state = {"region": args.region, "stack_name": args.stack_name, "moto_port": 0, "labd_port": 0}
     venv_bin = Path(sys.executable).parent
     state["moto_port"] = _free_port()
-    state["moto_pid"] = spawn([str(venv_bin / "moto_server"), "-H", "127.0.0.1", "-p", str(state["moto_port"])],
-                              "moto.log")
+    moto_argv = [str(venv_bin / "moto_server")]
+    if args.iam:  # moto_server that also checks presigned S3 URLs (lab/reefguide_lab/moto_iam.py)
+        moto_argv = [sys.executable, "-m", "reefguide_lab.moto_iam"]
+    state["moto_pid"] = spawn(moto_argv + ["-H", "127.0.0.1", "-p", str(state["moto_port"])], "moto.log",
+                              env=dict(os.environ, PYTHONPATH=str(REPO / "lab")) if args.iam else None)
     save(state)
+    if args.s3_faults is not None:
+        state["faults_port"] = _free_port()
+        state["faults_pid"] = spawn([sys.executable, "-m", "reefguide_lab.faults", "--port", str(state["faults_port"]),
+                                     "--upstream-port", str(state["moto_port"]), "--rate", str(args.s3_faults),
+                                     "--kinds", args.s3_fault_kinds, "--stall-seconds", str(args.s3_stall_seconds),
+                                     "--seed", str(args.s3_fault_seed)],
+                                    "faults.log", env=dict(os.environ, PYTHONPATH=str(REPO / "lab")))
+        save(state)
     state["labd_port"] = _free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO / "lab"), REEFGUIDE_LAB_DIR=str(lab_dir()))
     state["labd_pid"] = spawn([sys.executable, "-m", "reefguide_lab.labd", "--port", str(state["labd_port"]),
@@ -181,7 +200,12 @@ def cmd_up(args: argparse.Namespace) -> None:
     try:
         wait_http("http://127.0.0.1:%d/moto-api/" % state["moto_port"], 30, state["moto_pid"], "moto server")
         wait_http("http://127.0.0.1:%d/lab/status" % state["labd_port"], 30, state["labd_pid"], "labd")
+        if state.get("faults_pid"):
+            wait_http("http://127.0.0.1:%d/lab/faults" % state["faults_port"], 30, state["faults_pid"],
+                      "S3 fault proxy")
         info = deploy(state, args.stack_name)
+        if args.iam:
+            lab_iam.setup(state, client, labd_status)
     except Exception as exc:
         cmd_down(argparse.Namespace(keep=True))
         die("lab start failed: %s" % exc)
@@ -189,8 +213,14 @@ def cmd_up(args: argparse.Namespace) -> None:
     save(state)
     print("lab up in %.1f s: stack %s, instance %s (stopped), bucket %s, EFS %s"
           % (state["up_seconds"], info["stack_name"], info["instance_id"], info["bucket"], info["fs_id"]))
+    if args.iam:
+        print("IAM enforced: 'labctl env' hands out reefguide-operator's keys (iam/operator-policy.json), "
+              "the instance has reefguide-instance's (iam/instance-policy.json)")
     print("moto on 127.0.0.1:%d (pid %d), SSM endpoint on 127.0.0.1:%d (pid %d)"
           % (state["moto_port"], state["moto_pid"], state["labd_port"], state["labd_pid"]))
+    if state.get("faults_pid"):
+        print("S3 fault proxy on 127.0.0.1:%d (pid %d): %s of S3 requests faulted (%s); AWS_ENDPOINT_URL points at it"
+              % (state["faults_port"], state["faults_pid"], args.s3_faults, args.s3_fault_kinds))
     print('Next: eval "$(lab/labctl env)"  or  lab/labctl exec -- ansible-playbook stage_data.yml ...')
 
 
@@ -201,7 +231,7 @@ def _free_port() -> int:
 
 def lab_processes(state: dict[str, Any]) -> list[int]:
     """Every live process the lab started: its servers and anything left in an instance."""
-    pids = [p for p in (state.get("labd_pid"), state.get("moto_pid")) if pid_alive(p)]
+    pids = [p for p in (state.get("labd_pid"), state.get("faults_pid"), state.get("moto_pid")) if pid_alive(p)]
     root = str(lab_dir())
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) in pids:
@@ -221,7 +251,7 @@ def cmd_down(args: argparse.Namespace) -> None:
         print("lab is not up")
         return
     # labd first: on SIGTERM it halts every instance namespace.
-    for key in ("labd_pid", "moto_pid"):
+    for key in ("labd_pid", "faults_pid", "moto_pid"):
         pid = state.get(key)
         if pid_alive(pid):
             os.kill(pid, signal.SIGTERM)
@@ -240,13 +270,15 @@ def cmd_down(args: argparse.Namespace) -> None:
     if not getattr(args, "keep", False):
         shutil.rmtree(lab_dir(), ignore_errors=True)
     print("lab down: stopped %s" % ", ".join(
-        "%s %s" % (k[:-4], state[k]) for k in ("labd_pid", "moto_pid") if state.get(k)))
+        "%s %s" % (k[:-4], state[k]) for k in ("labd_pid", "faults_pid", "moto_pid") if state.get(k)))
 
 
 def require_up() -> dict[str, Any]:
     state = load()
     if not state or not pid_alive(state.get("moto_pid")) or not pid_alive(state.get("labd_pid")):
         die("the lab is not up: run 'lab/labctl up' (or 'make demo')")
+    if state.get("faults_pid") and not pid_alive(state["faults_pid"]):
+        die("the lab's S3 fault proxy (pid %s) is not running; see %s" % (state["faults_pid"], lab_dir() / "logs"))
     return state
 
 
@@ -256,7 +288,38 @@ def cmd_status(args: argparse.Namespace) -> None:
            "labd": {"pid": state["labd_pid"], "port": state["labd_port"]},
            "stacks": state.get("stacks", {}), "up_seconds": state.get("up_seconds")}
     doc.update(labd_status(state))
+    if state.get("faults_pid"):
+        doc["s3_faults"] = dict(faults_request(state), pid=state["faults_pid"], port=state["faults_port"])
     print(json.dumps(doc, indent=2, sort_keys=True))
+
+
+def faults_request(state: dict[str, Any], change: dict[str, Any] | None = None) -> dict[str, Any]:
+    """GET (or POST a change to) the fault proxy's /lab/faults."""
+    req = urllib.request.Request("http://127.0.0.1:%d/lab/faults" % state["faults_port"],
+                                 data=json.dumps(change).encode() if change is not None else None,
+                                 method="POST" if change is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as exc:
+        raise LabError("the S3 fault proxy refused the change: %s" % json.load(exc).get("error"))
+
+
+def cmd_faults(args: argparse.Namespace) -> None:
+    state = require_up()
+    if not state.get("faults_pid"):
+        die("this lab has no S3 fault proxy: bring it up with 'labctl up --s3-faults RATE' (RATE may be 0)")
+    change: dict[str, Any] = {}
+    for name in ("rate", "kinds", "stall_seconds", "seed", "match", "max_faults"):
+        if getattr(args, name) is not None:
+            change[name] = getattr(args, name)
+    if args.presigned is not None:
+        change["presigned"] = args.presigned == "yes"
+    if args.unlimited:
+        change["max_faults"] = None
+    if args.reset_counters:
+        change["reset_counters"] = True
+    print(json.dumps(faults_request(state, change or None), indent=2, sort_keys=True))
 
 
 def cmd_env(args: argparse.Namespace) -> None:
@@ -342,6 +405,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stack-name", default=os.environ.get("REEFGUIDE_LAB_STACK", DEFAULT_STACK))
     p.add_argument("--region", default=DEFAULT_REGION)
     p.add_argument("--boot-delay", type=float, default=float(os.environ.get("REEFGUIDE_LAB_BOOT_DELAY", "2")))
+    p.add_argument("--s3-faults", type=float, metavar="RATE",
+                   help="put the fault proxy in front of moto, faulting this share (0-1) of S3 requests")
+    p.add_argument("--s3-fault-kinds", default="500,503,reset,stall", metavar="K,..")
+    p.add_argument("--s3-stall-seconds", type=float, default=2.0, metavar="S")
+    p.add_argument("--s3-fault-seed", type=int, default=0, metavar="N")
+    p.add_argument("--iam", action="store_true",
+                   help="enforce IAM with the policies of iam/ (operator and instance users; see iam/README.md)")
     p.set_defaults(func=cmd_up)
     p = sub.add_parser("down")
     p.add_argument("--keep", action="store_true", help="keep the lab directory (logs, EFS data)")
@@ -366,6 +436,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--user", default="root")
     p.add_argument("command_argv", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_shell)
+    p = sub.add_parser("faults", help="show or change the S3 fault proxy's settings; shows its counters")
+    p.add_argument("--rate", type=float)
+    p.add_argument("--kinds", help="comma-separated: 500,503,reset,stall (and drop: applied, answer lost)")
+    p.add_argument("--stall-seconds", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--match", help="regex searched in 'METHOD /path': only matching S3 requests are faulted ('' = all)")
+    p.add_argument("--presigned", choices=("yes", "no"), help="fault presigned-URL requests too (default yes)")
+    p.add_argument("--max-faults", type=int, help="stop after this many faults")
+    p.add_argument("--unlimited", action="store_true", help="no limit on the number of faults")
+    p.add_argument("--reset-counters", action="store_true")
+    p.set_defaults(func=cmd_faults)
     p = sub.add_parser("efs-path")
     p.add_argument("--stack-name")
     p.set_defaults(func=cmd_efs_path)

@@ -21,7 +21,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .state import INSTANCE_USERS, LAB_PKG, LAB_SBIN, lab_dir, pid_alive
+from .state import CREDENTIALS, INSTANCE_USERS, LAB_PKG, LAB_SBIN, iam_credentials, lab_dir, load, pid_alive
 
 SUDOERS = """\
 # reefguide-efs lab instance: as on Amazon Linux 2023, ssm-user (SSM sessions)
@@ -127,9 +127,26 @@ def provision_efs(fs_id: str) -> Path:
     return store
 
 
+def write_role_credentials(instance_id: str) -> None:
+    """The instance role's keys, as IMDS hands them out at each boot: the
+    reefguide-instance user's under `labctl up --iam` (iam/instance-policy.json),
+    else moto's anonymous ones."""
+    root = instance_root(instance_id)
+    creds = iam_credentials(load(), "reefguide-instance") or CREDENTIALS
+    text = "[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n" % (
+        creds["AWS_ACCESS_KEY_ID"], creds["AWS_SECRET_ACCESS_KEY"])
+    for home in [root / "root"] + [root / "home" / name for name in INSTANCE_USERS]:
+        path = home / ".aws" / "credentials"
+        if path.parent.is_dir():
+            path.write_text(text)
+            st = home.stat()
+            os.chown(path, st.st_uid, st.st_gid)
+
+
 def boot(instance_id: str) -> int:
     """Start the namespace; returns the host pid of its PID 1."""
     root = instance_root(instance_id)
+    write_role_credentials(instance_id)
     for volatile in ("tmp", "run"):
         shutil.rmtree(root / volatile, ignore_errors=True)
         (root / volatile).mkdir()

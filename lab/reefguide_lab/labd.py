@@ -30,20 +30,18 @@ from urllib.parse import parse_qs, urlparse
 import boto3
 from botocore.config import Config
 
+from . import iam as lab_iam
 from . import instance as inst
-from .state import CREDENTIALS, lab_dir, load
+from .state import admin_credentials, lab_dir, load
 
 POLL = 0.2
 
 
 class Supervisor:
     def __init__(self, moto_url: str, region: str, boot_delay: float) -> None:
-        self.ec2 = boto3.client(
-            "ec2", endpoint_url=moto_url, region_name=region,
-            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-            config=Config(retries={"mode": "standard", "max_attempts": 3}),
-        )
+        self.moto_url, self.region = moto_url, region
+        self.credentials: dict[str, str] = {}
+        self.ec2: Any = None
         self.boot_delay = boot_delay
         self.lock = threading.RLock()
         self.instances: dict[str, dict[str, Any]] = {}
@@ -56,9 +54,57 @@ class Supervisor:
         # None until `labctl deploy` has recorded the stack's file system.
         return load().get("instance_fs", {}).get(instance_id)
 
+    def ec2_client(self) -> Any:
+        """An EC2 client with the lab's admin keys (lab-admin once `labctl up --iam` made it)."""
+        creds = admin_credentials(load())
+        if creds != self.credentials or self.ec2 is None:
+            self.ec2 = boto3.client(
+                "ec2", endpoint_url=self.moto_url, region_name=self.region,
+                aws_access_key_id=creds["AWS_ACCESS_KEY_ID"], aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
+                config=Config(retries={"mode": "standard", "max_attempts": 3}),
+            )
+            self.credentials = creds
+        return self.ec2
+
+    def authorize(self, headers: Any, action: str, resources: list[str]) -> tuple[int, dict[str, Any]] | None:
+        """Under `labctl up --iam`, the IAM check AWS makes for the SSM calls labd answers:
+        the caller (by the access key in the Authorization header; the signature is not
+        verified) must be allowed `action` on every resource. None when allowed."""
+        state = load()
+        if not state.get("iam", {}).get("enforced"):
+            return None
+        auth = headers.get("Authorization", "")
+        key_id = auth.split("Credential=", 1)[1].split("/", 1)[0] if "Credential=" in auth else ""
+        user = lab_iam.user_for_key(state, key_id)
+        if user is None:
+            return 400, {"__type": "UnrecognizedClientException",
+                         "message": "The security token included in the request is invalid."}
+        variables = {"aws:username": user["name"], "aws:userid": user["user_id"]}
+        for resource in resources:
+            verdict = lab_iam.evaluate(user["policy"], action, resource, variables)
+            print("iam: %s %s %s %s" % (user["name"], action, resource, verdict), flush=True)
+            if verdict != "allow":
+                why = "with an explicit deny in an identity-based policy" if verdict == "deny" else \
+                    "because no identity-based policy allows the %s action" % action
+                return 400, {"__type": "AccessDeniedException",
+                             "message": "User: %s is not authorized to perform: %s on resource: %s %s"
+                                        % (user["arn"], action, resource, why)}
+        return None
+
+    def arn(self, service: str, resource: str) -> str:
+        account = load().get("iam", {}).get("account", "123456789012")
+        return "arn:aws:%s:%s:%s:%s" % (service, self.region, account, resource)
+
+    def caller_name(self, headers: Any) -> str:
+        """AWS prefixes a session id with the caller's user name."""
+        auth = headers.get("Authorization", "")
+        key_id = auth.split("Credential=", 1)[1].split("/", 1)[0] if "Credential=" in auth else ""
+        user = lab_iam.user_for_key(load(), key_id)
+        return user["name"] if user else "lab"
+
     def poll_once(self) -> None:
         states: dict[str, str] = {}
-        for page in self.ec2.get_paginator("describe_instances").paginate():
+        for page in self.ec2_client().get_paginator("describe_instances").paginate():
             for res in page["Reservations"]:
                 for i in res["Instances"]:
                     states[i["InstanceId"]] = i["State"]["Name"]
@@ -126,13 +172,13 @@ class Supervisor:
                     rec["init_pid"] = None
 
     # -- SSM answers ----------------------------------------------------------
-    def start_session(self, body: dict[str, Any], host: str) -> tuple[int, dict[str, Any]]:
+    def start_session(self, body: dict[str, Any], host: str, caller: str = "lab") -> tuple[int, dict[str, Any]]:
         target = body.get("Target", "")
         with self.lock:
             rec = self.instances.get(target)
             if not rec or not self.online(rec):
                 return 400, {"__type": "TargetNotConnected", "message": "%s is not connected." % target}
-            sid = "lab-%s" % secrets.token_hex(8)
+            sid = "%s-%s" % (caller, secrets.token_hex(8))
             token = secrets.token_hex(16)
             self.sessions[sid] = {"instance_id": target, "token": token, "started": time.time(),
                                   "terminated": False, "user": "ssm-user"}
@@ -192,6 +238,7 @@ class Supervisor:
     def status(self) -> dict[str, Any]:
         with self.lock:
             return {
+                "aws_access_key_id": self.credentials.get("AWS_ACCESS_KEY_ID"),
                 "boot_delay": self.boot_delay,
                 "instances": {
                     iid: {"ec2_state": r.get("ec2_state"), "init_pid": r.get("init_pid"),
@@ -242,7 +289,8 @@ def make_handler(sup: Supervisor, moto_host: str, moto_port: int):
             target = self.headers.get("X-Amz-Target", "")
             op = target.split(".", 1)[1] if target.startswith("AmazonSSM.") else ""
             handlers = {
-                "StartSession": lambda b: sup.start_session(b, self.headers.get("Host", "")),
+                "StartSession": lambda b: sup.start_session(b, self.headers.get("Host", ""),
+                                                            sup.caller_name(self.headers)),
                 "TerminateSession": sup.terminate_session,
                 "DescribeInstanceInformation": sup.describe_instance_information,
             }
@@ -251,9 +299,22 @@ def make_handler(sup: Supervisor, moto_host: str, moto_port: int):
                     req = json.loads(data or b"{}")
                 except ValueError:
                     return self.reply(400, {"__type": "SerializationException", "message": "bad JSON"})
+                denied = sup.authorize(self.headers, "ssm:" + op, self.ssm_resources(op, req))
+                if denied:
+                    return self.reply(*denied)
                 code, doc = handlers[op](req)
                 return self.reply(code, doc)
             return self.forward(data)
+
+        @staticmethod
+        def ssm_resources(op: str, req: dict[str, Any]) -> list[str]:
+            """The resources AWS authorizes an SSM call on."""
+            if op == "StartSession":
+                document = req.get("DocumentName") or "SSM-SessionManagerRunShell"
+                return [sup.arn("ec2", "instance/%s" % req.get("Target", "")), sup.arn("ssm", "document/%s" % document)]
+            if op == "TerminateSession":
+                return [sup.arn("ssm", "session/%s" % req.get("SessionId", ""))]
+            return ["*"]  # DescribeInstanceInformation has no resource-level permissions
 
         def forward(self, data: bytes) -> None:
             """Pass the request to moto as it came (headers and signature intact)."""

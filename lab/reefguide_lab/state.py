@@ -75,8 +75,11 @@ def pid_alive(pid: int | None) -> bool:
 def lab_env(state: dict[str, Any]) -> dict[str, str]:
     """The environment that points boto3, the AWS CLI and amazon.aws.aws_ssm at the lab."""
     region = state.get("region", DEFAULT_REGION)
+    # With `labctl up --s3-faults`, everything but SSM goes through the fault proxy
+    # (it faults only S3 requests); labd still talks to moto directly.
+    endpoint_port = state.get("faults_port") or state["moto_port"]
     env = {
-        "AWS_ENDPOINT_URL": "http://127.0.0.1:%d" % state["moto_port"],
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:%d" % endpoint_port,
         "AWS_ENDPOINT_URL_SSM": "http://127.0.0.1:%d" % state["labd_port"],
         "AWS_REGION": region,
         "AWS_DEFAULT_REGION": region,
@@ -87,5 +90,19 @@ def lab_env(state: dict[str, Any]) -> dict[str, str]:
         "AWS_CONFIG_FILE": str(lab_dir() / "aws" / "config"),
         "AWS_SHARED_CREDENTIALS_FILE": str(lab_dir() / "aws" / "credentials"),
     }
-    env.update(CREDENTIALS)
+    # `labctl up --iam`: the operator's keys (iam/operator-policy.json), not moto's anonymous ones.
+    env.update(iam_credentials(state, "reefguide-operator") or CREDENTIALS)
     return env
+
+
+def iam_credentials(state: dict[str, Any], user: str) -> dict[str, str] | None:
+    """The keys of an IAM user `labctl up --iam` created (None without --iam)."""
+    rec = state.get("iam", {}).get("users", {}).get(user)
+    if not rec:
+        return None
+    return {"AWS_ACCESS_KEY_ID": rec["access_key_id"], "AWS_SECRET_ACCESS_KEY": rec["secret_access_key"]}
+
+
+def admin_credentials(state: dict[str, Any]) -> dict[str, str]:
+    """Keys for the lab's own calls (labctl, labd's supervisor): lab-admin under --iam."""
+    return iam_credentials(state, "lab-admin") or dict(CREDENTIALS)
