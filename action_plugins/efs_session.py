@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import re
+from typing import Any, Callable, Optional
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
@@ -24,6 +25,29 @@ def cache_entry_under(dest: str) -> Optional[str]:
     if CACHE.startswith(dest + "/"):
         return CACHE[len(dest) + 1:]
     return None
+
+
+# amazon.aws.aws_ssm moves module files through presigned S3 URLs and, at -vvv,
+# prints the curl command that fetches them: query strings carrying the access
+# key id, the signature and the session token.
+PRESIGNED_QUERY = re.compile(r"\?(?=[^\s'\"]*X-Amz-)[^\s'\"]*")
+
+
+def redacted(text: str) -> str:
+    return PRESIGNED_QUERY.sub("?<presigned query redacted>", text)
+
+
+def redact_connection_display(connection: Any) -> None:
+    """Route the SSM connection's verbose output through redacted(), once."""
+    show: Optional[Callable[[int, str], None]] = getattr(connection, "verbosity_display", None)
+    if show is None or getattr(show, "reefguide_redacts", False):
+        return
+
+    def display(level: int, message: str) -> None:
+        show(level, redacted(str(message)))
+
+    display.reefguide_redacts = True  # type: ignore[attr-defined]
+    connection.verbosity_display = display
 
 
 class ActionModule(ActionBase):
@@ -51,6 +75,7 @@ class ActionModule(ActionBase):
 
     def run(self, tmp: Any = None, task_vars: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         self.task_vars = task_vars or {}
+        redact_connection_display(self._connection)
         result = super().run(tmp, self.task_vars)
         a = self._task.args
         op = a.get("operation", "stage")
