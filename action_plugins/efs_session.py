@@ -13,6 +13,9 @@ from typing import Any, Callable, Optional
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
+
+display = Display()
 
 CACHE = "data/reefguide/cache"
 STAGING_ROOT = ".reefguide-staging"
@@ -50,11 +53,34 @@ def redact_connection_display(connection: Any) -> None:
     connection.verbosity_display = display
 
 
+# amazon.aws.aws_ssm fetches the module on the instance with `curl -o F URL; touch F`:
+# an S3 error leaves F empty or holding an XML error body, and python then runs
+# nothing or stops at line 1. The module never started, so sending it again is safe.
+TRANSFER_ATTEMPTS = 3
+
+
+def module_never_arrived(res: dict[str, Any]) -> bool:
+    if not res.get("failed") or "module_stdout" not in res:
+        return False
+    out = re.sub(r"BECOME-SUCCESS-\w+", "", str(res.get("module_stdout") or "")).strip()  # sudo's marker
+    text = out + str(res.get("module_stderr") or "")  # over SSM's pty, stderr arrives in stdout
+    empty_file = not out and res.get("rc") == 0
+    # Ansible generates the AnsiballZ wrapper: a SyntaxError in it means it is not what was sent
+    error_body = "SyntaxError" in text and re.search(r"AnsiballZ_\w+\.py\", line \d+", text) is not None
+    return empty_file or error_body
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
 
     def step(self, name: str, module: str, args: dict[str, Any]) -> dict[str, Any]:
-        res = self._execute_module(module_name=module, module_args=args, task_vars=self.task_vars)
+        for attempt in range(1, TRANSFER_ATTEMPTS + 1):
+            res = self._execute_module(module_name=module, module_args=args, task_vars=self.task_vars)
+            if attempt == TRANSFER_ATTEMPTS or not module_never_arrived(res):
+                break
+            display.warning("%s: the module file did not reach the instance intact (an S3 error during "
+                            "the SSM plugin's transfer); sending it again (%d of %d)"
+                            % (name, attempt + 1, TRANSFER_ATTEMPTS))
         self.steps[name] = {k: v for k, v in res.items() if k not in ("invocation", "_ansible_no_log")}
         if res.get("failed") or res.get("unreachable"):
             raise AnsibleActionFail("%s (%s) failed: %s" % (name, module, self.reason(res)), result=res)

