@@ -165,9 +165,14 @@ class ActionModule(ActionBase):
         dest, mode = a["dest"], a.get("mode") or "replace"
         aws = {"endpoint_url": a.get("endpoint_url") or None, "region": a.get("region") or None}
         cache = cache_entry_under(dest)
+        staging_area = "/".join(a["staging"].split("/")[:2])  # .reefguide-staging/<dest key>
         if mode == "mirror":
             pull_into, pull_mode = root + "/" + dest, "mirror"
         else:
+            if mode == "merge":
+                # a failed run's staging may hold files of another src that a merge would never delete
+                self.step("discard_leftover", "efs_tidy", {"root": root, "remove": [staging_area]})
+            # replace: a failed run's staging is resumed; the mirror pull makes it equal the upload
             self.step("prepare", "efs_staging", {
                 "root": root, "target": dest, "staging": a["staging"],
                 "exclude": [cache] if cache else [],
@@ -186,7 +191,7 @@ class ActionModule(ActionBase):
                 release_args["release_id"] = a["release_id"]
             release = self.step("release", "efs_release", release_args)
             # what is left of the run's staging area once its directory went live
-            self.step("tidy_staging", "efs_tidy", {"root": root, "remove": [STAGING_ROOT + "/" + a["run_id"]]})
+            self.step("tidy_staging", "efs_tidy", {"root": root, "remove": [staging_area]})
         if a.get("clear_cache"):
             # emptied, kept: the workers need it to exist
             self.step("clear_cache", "efs_tidy", {"root": root, "empty": [CACHE]})

@@ -99,7 +99,10 @@ mode:
   returned: success
   type: str
 run_prefix:
-  description: The transfer-bucket prefix this run uploads to (ends with '/').
+  description:
+    - The transfer-bucket prefix the upload goes to (ends with '/'), one per destination, so a
+      re-run after a failure finds what was already uploaded and sends only the rest. Deleted
+      after a successful stage; kept after a failed one (teardown.yml removes it).
   returned: success
   type: str
 live_manifest_key:
@@ -107,7 +110,9 @@ live_manifest_key:
   returned: success
   type: str
 staging:
-  description: The run's staging directory, relative to the EFS root.
+  description:
+    - The staging directory, relative to the EFS root, one per destination (C(.reefguide-staging/<dest_key>/<dest>)),
+      so a re-run after a failed pull resumes in it (replace mode) and pulls only what is missing.
   returned: success
   type: str
 """
@@ -252,9 +257,9 @@ def main() -> None:
         dest=dest,
         dest_key=dest_key,
         mode=p["mode"] or default_mode,
-        run_prefix="%s/runs/%s/" % (prefix, run_id),
+        run_prefix="%s/runs/%s/" % (prefix, dest_key),
         live_manifest_key="%s/live/%s.json" % (prefix, dest_key),
-        staging=".reefguide-staging/%s/%s" % (run_id, dest),
+        staging=".reefguide-staging/%s/%s" % (dest_key, dest),
     )
 
 

@@ -132,11 +132,32 @@ def test_s3_that_only_says_slowdown_fails_cleanly(flaky: Lab, tmp_path: Path) ->
     assert "SlowDown" in failure[-1] and "HTTP 503" in failure[-1] and "pull" in failure[-1], failure[-1]
     assert "retry later" in failure[-1], failure[-1]
     assert counters["by_kind"]["503"] >= 10, counters  # the engine's whole retry budget went to S3, not less
-    # put back: instance stopped, nothing released, lock free, upload prefix gone
+    # put back: instance stopped, nothing released, lock free; uploads kept for the re-run, and said so
     assert flaky.status()["instances"][flaky.instance_id]["ec2_state"] == "stopped"
     assert (tree(live), history.read_bytes() if history.exists() else None) == before
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=flaky.bucket).get("Contents", [])]
-    assert not [k for k in keys if k.startswith("reefguide-efs/runs/") or k == "reefguide-efs/lock.json"], keys
+    assert "reefguide-efs/lock.json" not in keys
+    assert [k for k in keys if k.startswith("reefguide-efs/runs/")], keys
+    assert "Uploads kept at s3://%s/reefguide-efs/runs/" % flaky.bucket in out
+
+
+def test_expired_credentials_stop_the_run_before_anything_starts(flaky: Lab, tmp_path: Path) -> None:
+    """S3 answers 400 ExpiredToken (moto never expires a token; the proxy does): the run says to log
+    in again, before the instance starts or anything is uploaded."""
+    src = sample(tmp_path, "pkg-expired", "--version", "5")
+    sessions = flaky.sessions_started()
+    faults(flaky, rate=1.0, kinds=["expired"], max_faults=None, match=None, reset_counters=True)
+    try:
+        run = playbook(flaky, "stage_data.yml", "-e", "src=%s" % src, "-e", "preset=adria_datapackage",
+                       "-e", "package=Both")
+        counters = flaky.status()["s3_faults"]["counters"]
+    finally:
+        faults(flaky, rate=0, kinds=["500", "503", "reset", "stall"])
+    assert run.returncode != 0
+    assert "ExpiredToken" in run.stdout and "log in again" in run.stdout, run.stdout[-3000:]
+    assert counters["by_kind"]["expired"] >= 1
+    assert flaky.sessions_started() == sessions
+    assert flaky.status()["instances"][flaky.instance_id]["ec2_state"] == "stopped"
 
 
 @pytest.mark.parametrize("kind", ["500", "reset"])

@@ -7,6 +7,7 @@ cleaned by teardown.yml, after which a stage completes."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -80,13 +81,20 @@ def interrupt(proc: subprocess.Popen) -> str:
 
 
 def run_keys(lab: Lab) -> list[str]:
-    page = lab.client("s3").list_objects_v2(Bucket=lab.bucket, Prefix="reefguide-efs/runs/")
-    return [o["Key"] for o in page.get("Contents", [])]
+    pages = lab.client("s3").get_paginator("list_objects_v2").paginate(Bucket=lab.bucket, Prefix="reefguide-efs/runs/")
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
 def staged_leftovers(lab: Lab) -> list[str]:
     staging = lab.efs_path / ".reefguide-staging"
     return [p.name for p in staging.iterdir()] if staging.is_dir() else []
+
+
+def counts(out: str, what: str) -> tuple[int, int]:
+    """(transferred, skipped) files from the summary's Upload / Pull line."""
+    m = re.search(r"%s: (\d+) files / \d+ bytes transferred, (\d+) skipped" % what, out)
+    assert m, (what, out[-3000:])
+    return int(m.group(1)), int(m.group(2))
 
 
 def ec2_state(lab: Lab) -> str:
@@ -150,11 +158,43 @@ def test_instance_stopped_during_the_remote_part(ilab: Lab, tmp_path: Path) -> N
     assert "Staging failed" in out and "stopped" in out, out[-4000:]
     assert tree(ilab.efs_path / DEST) == tree(v1)
     assert ec2_state(ilab) == "stopped"
-    # the run released its lock and removed its uploads; a plain re-run completes
-    assert run_keys(ilab) == []
+    # the run released its lock and kept its uploads; a plain re-run completes without uploading again
+    assert len(run_keys(ilab)) > 1000 and "Uploads kept at" in out
     again = run_playbook(ilab.env, INVENTORY, "stage_data.yml", "-e", "src=%s" % v2, "-e", "dest=%s" % DEST)
     assert again.returncode == 0, again.stdout[-3000:]
+    assert counts(again.stdout, "Upload") == (0, 1500)
     assert tree(ilab.efs_path / DEST) == tree(v2)
+    assert run_keys(ilab) == []  # gone once staged
+
+
+def test_pull_killed_on_the_instance(ilab: Lab, tmp_path: Path) -> None:
+    """SIGKILL of the sync on the instance mid-pull: live data untouched, no partial file where
+    workers read, and the re-run uploads nothing and pulls only what is missing."""
+    v1 = stage_v1(ilab, tmp_path)
+    v2 = make_src(tmp_path / "v2", "v2")
+    staging = ilab.efs_path / ".reefguide-staging" / DEST.replace("/", "__") / DEST
+    proc = start_stage(ilab, v2)
+
+    def pulled_some() -> bool:
+        return staging.is_dir() and sum(len(f) for _, _, f in os.walk(staging)) > 300
+
+    wait_for("pull under way", pulled_some, proc)
+    killed = ilab.instance_exec(["pkill", "-KILL", "-f", "[A]nsiballZ_s3_sync"])  # [A]: not pkill itself
+    assert killed.returncode == 0, killed.stderr
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert "pull (s3_sync) failed" in out, out[-4000:]
+    assert tree(ilab.efs_path / DEST) == tree(v1)
+    live = [n for _, _, files in os.walk(ilab.efs_path / "data") for n in files if "reefguide-tmp" in n]
+    assert live == []  # temporaries only ever in staging
+    assert ec2_state(ilab) == "stopped"
+    again = run_playbook(ilab.env, INVENTORY, "stage_data.yml", "-e", "src=%s" % v2, "-e", "dest=%s" % DEST)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert counts(again.stdout, "Upload") == (0, 1500)
+    pulled, skipped = counts(again.stdout, "Pull on the instance")
+    assert 0 < pulled < 1500 and skipped >= 300, (pulled, skipped)
+    assert tree(ilab.efs_path / DEST) == tree(v2)
+    assert not staging.exists()
 
 
 def test_ssm_never_online_times_out_and_stops_the_instance(ilab: Lab, tmp_path: Path) -> None:
@@ -168,4 +208,24 @@ def test_ssm_never_online_times_out_and_stops_the_instance(ilab: Lab, tmp_path: 
     assert run.returncode != 0
     assert "Online" in run.stdout and "8" in run.stdout, run.stdout[-3000:]
     assert ec2_state(ilab) == "stopped"
-    assert run_keys(ilab) == []
+
+
+def test_two_stage_runs_at_once_one_is_refused(ilab: Lab, tmp_path: Path) -> None:
+    """The second run is refused with the holder's name and start time; the first completes alone."""
+    a = make_src(tmp_path / "a", "run-a", files=600)
+    b = make_src(tmp_path / "b", "run-b", files=5)
+    s3 = ilab.client("s3")
+
+    def locked() -> bool:
+        return s3.list_objects_v2(Bucket=ilab.bucket, Prefix="reefguide-efs/lock.json").get("KeyCount", 0) > 0
+
+    first = start_stage(ilab, a)
+    wait_for("the first run's lock", locked, first)
+    second = run_playbook(ilab.env, INVENTORY, "stage_data.yml", "-e", "src=%s" % b, "-e", "dest=%s" % DEST)
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-3000:]
+    assert second.returncode != 0
+    m = re.search(r"deployment is locked by run (\S+) by (\S+@\S+) since (\d{4}-\d\d-\d\dT[\d:]+Z)", second.stdout)
+    assert m, second.stdout[-3000:]
+    assert tree(ilab.efs_path / DEST) == tree(a)  # nothing of the second run interleaved
+    assert not locked()

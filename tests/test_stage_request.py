@@ -28,8 +28,9 @@ def src(tmp_path):
 def test_presets_resolve_with_their_default_modes(tmp_path, src) -> None:
     r = req(tmp_path, src=str(src), preset="reefguide_data")
     assert (r["dest"], r["mode"], r["src_kind"]) == ("data/reefguide", "merge", "directory")
-    assert r["run_prefix"] == "reefguide-efs/runs/run1/"
-    assert r["staging"] == ".reefguide-staging/run1/data/reefguide"
+    # one per destination, not per run: a re-run after a failure resumes in them
+    assert r["run_prefix"] == "reefguide-efs/runs/data__reefguide/"
+    assert r["staging"] == ".reefguide-staging/data__reefguide/data/reefguide"
     r = req(tmp_path, src=str(src), preset="adria_datapackage", package="Moore_2025-01-17_v070_rc1")
     assert (r["dest"], r["mode"]) == ("data/reefguide/adria/datapackages/Moore_2025-01-17_v070_rc1", "replace")
     r = req(tmp_path, src=str(src), dest="data/reefguide/criteria/", mode="mirror")

@@ -9,6 +9,7 @@ with a fault instead of forwarding them:
     503      HTTP 503 SlowDown (S3's XML error body)
     reset    the connection is reset (SO_LINGER 0) before any response
     stall    the request is held for stall_seconds, then the connection is reset
+    expired  (only when asked for) HTTP 400 ExpiredToken: the caller's session token has expired
     drop     (only when asked for) the request IS forwarded and applied, its response is lost:
              the connection is reset instead; this tests that a retry is safe
 
@@ -63,7 +64,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 from urllib.parse import unquote, urlsplit
 
-KINDS = ("500", "503", "reset", "stall", "drop")
+KINDS = ("500", "503", "reset", "stall", "drop", "expired")
 DEFAULT_KINDS = ("500", "503", "reset", "stall")
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate",
               "te", "trailer", "trailers", "transfer-encoding", "upgrade", "expect"}
@@ -72,6 +73,7 @@ S3_SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/[^/,\s]+/s3/aws4_request")
 ERRORS = {
     "500": (500, "Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
     "503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
+    "expired": (400, "Bad Request", "ExpiredToken", "The provided token has expired."),
 }
 
 
