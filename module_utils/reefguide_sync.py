@@ -52,17 +52,12 @@ from urllib.request import getproxies, proxy_bypass
 from xml.sax.saxutils import escape as xml_escape
 
 try:
-    from ansible.module_utils.reefguide_aws import HAS_BOTO3, aws_session, describe_error, resolve_endpoint
+    from ansible.module_utils.reefguide_aws import aws_session, describe_error, resolve_endpoint
     from ansible.module_utils.reefguide_paths import UnsafePathError, human_bytes, safe_relpath
 except ImportError:  # run as a script or with module_utils/ on sys.path (benchmark, CLI)
-    from reefguide_aws import HAS_BOTO3, aws_session, describe_error, resolve_endpoint  # type: ignore
+    from reefguide_aws import aws_session, describe_error, resolve_endpoint  # type: ignore
     from reefguide_paths import UnsafePathError, human_bytes, safe_relpath  # type: ignore
 
-if HAS_BOTO3:
-    from botocore.exceptions import ClientError, NoCredentialsError
-else:  # pragma: no cover - the module reports the missing boto3 first
-    ClientError = Exception  # type: ignore
-    NoCredentialsError = Exception  # type: ignore
 
 MiB = 1024 * 1024
 MANIFEST_NAME = ".reefguide-manifest.json"
@@ -114,20 +109,18 @@ class TransientError(Exception):
     """A network-level failure worth retrying (connection reset, timeout...)."""
 
 
-class S3Error(ClientError):  # type: ignore[misc,valid-type]
-    """An S3 error response; a botocore ClientError so that describe_error()
-    and error_code() treat it like any other AWS error."""
+class S3Error(Exception):
+    """An S3 error response, shaped like botocore's ClientError (response,
+    operation_name) so that describe_error() and error_code() treat it like
+    any other AWS error, without importing botocore."""
 
     def __init__(self, code: str, message: str, status: int, operation: str, headers: Optional[dict] = None):
+        super().__init__("An error occurred (%s) when calling the %s operation: %s" % (code, operation, message))
         self.status = status
         self.code = code
         self.headers = headers or {}
-        response = {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}}
-        if HAS_BOTO3:
-            super().__init__(response, operation)
-        else:  # pragma: no cover
-            Exception.__init__(self, "%s: %s" % (code, message))
-            self.response = response
+        self.operation_name = operation
+        self.response = {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}}
 
 
 # --------------------------------------------------------------------------
@@ -1269,6 +1262,10 @@ class Sync:
         creds = self.credentials
         region = o.region
         if creds is None:
+            creds, region = environment_credentials(o.profile, region)
+        if creds is None:
+            from botocore.exceptions import NoCredentialsError
+
             session = aws_session(o.region, o.profile)
             creds = session.get_credentials()
             if creds is None:
@@ -1668,8 +1665,7 @@ class Sync:
         self.progress.set_phase("comparing")
         both = [(local[rel], remote.files[rel]) for rel in sorted(remote.files) if rel in local]
         differs = dict(zip([lf.rel for lf, _ in both], self._compare(both)))
-        downloads = [obj for rel, obj in sorted(remote.files.items()) if differs.get(rel, True)]
-        downloads.sort(key=lambda o: -o.size)
+        downloads = spread_over_dirs([obj for rel, obj in sorted(remote.files.items()) if differs.get(rel, True)])
         plan.transfer = [(o.rel, o.size) for o in downloads]
         plan.skip_files = len(remote.files) - len(downloads)
         plan.skip_bytes = sum(o.size for o in remote.files.values()) - sum(o.size for o in downloads)
@@ -1931,6 +1927,42 @@ class Sync:
             "checksum_cache": self.cache.path if self.cache else None,
             "warnings": self.warnings,
         }
+
+
+class StaticCredentials:
+    """Keys from the environment, with the one method the signer uses."""
+
+    def __init__(self, access_key: str, secret_key: str, token: Optional[str]):
+        self.access_key, self.secret_key, self.token = access_key, secret_key, token
+
+    def get_frozen_credentials(self) -> StaticCredentials:
+        return self
+
+
+def environment_credentials(profile: Optional[str], region: Optional[str]) -> tuple[Optional[Any], Optional[str]]:
+    """(credentials, region) from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN and
+    AWS_REGION/AWS_DEFAULT_REGION when no profile is asked for: what botocore's
+    chain would pick first, found without importing botocore. (None, region) otherwise."""
+    env = os.environ
+    region = region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if profile or not env.get("AWS_ACCESS_KEY_ID") or not env.get("AWS_SECRET_ACCESS_KEY") or not region:
+        return None, region
+    return StaticCredentials(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"],
+                             env.get("AWS_SESSION_TOKEN") or env.get("AWS_SECURITY_TOKEN") or None), region
+
+
+def spread_over_dirs(objs: list[Any]) -> list[Any]:
+    """Biggest first (long transfers start early), then the small files taken
+    from each directory in turn: workers creating and renaming files in one
+    directory queue on its lock; spread over many, they do not."""
+    big = sorted((o for o in objs if o.size > IN_MEMORY_MAX), key=lambda o: -o.size)
+    by_dir: dict[str, list[Any]] = {}
+    for o in objs:
+        if o.size <= IN_MEMORY_MAX:
+            by_dir.setdefault(o.rel.rpartition("/")[0], []).append(o)
+    queues = list(by_dir.values())
+    small = [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+    return big + small
 
 
 def _write_all(fd: int, data: memoryview) -> None:
