@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable, Optional
 
 from ansible.errors import AnsibleActionFail
@@ -73,6 +75,17 @@ def module_never_arrived(res: dict[str, Any]) -> bool:
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
 
+    @contextmanager
+    def for_real(self) -> Iterator[None]:
+        """Run the enclosed module calls outside check mode. Only for the mount and its
+        unmount: a check run on a running instance must see EFS to say what it would do."""
+        saved = self._task.check_mode
+        self._task.check_mode = False
+        try:
+            yield
+        finally:
+            self._task.check_mode = saved
+
     def step(self, name: str, module: str, args: dict[str, Any]) -> dict[str, Any]:
         for attempt in range(1, TRANSFER_ATTEMPTS + 1):
             res = self._execute_module(module_name=module, module_args=args, task_vars=self.task_vars)
@@ -118,10 +131,13 @@ class ActionModule(ActionBase):
         mounted_here = False
         try:
             self.ensure_packages(bool(a.get("install_packages", True)))
-            mount = self.step("mount", "efs_mount", {
-                "state": "mounted", "fs_id": a["fs_id"], "path": root, "user": user,
-                "options": a.get("mount_options") or "tls,iam", "owner": user, "group": user,
-            })
+            # in check mode too: EFS is mounted (and unmounted again below) so the checked
+            # steps can read it; they change nothing
+            with self.for_real():
+                mount = self.step("mount", "efs_mount", {
+                    "state": "mounted", "fs_id": a["fs_id"], "path": root, "user": user,
+                    "options": a.get("mount_options") or "tls,iam", "owner": user, "group": user,
+                })
             mounted_here = bool(mount.get("mounted_by_this_call"))
             outcome = getattr(self, op)(a, root, user)
             # what EFS now holds, for the summary's cost estimate (never fails the operation)
@@ -147,6 +163,9 @@ class ActionModule(ActionBase):
         probe = self._low_level_execute_command("%s -c 'import boto3'" % python, sudoable=False)
         if probe.get("rc") == 0:
             self.steps["packages"] = {"changed": False, "msg": "boto3 present"}
+            return
+        if self._task.check_mode:
+            self.steps["packages"] = {"changed": True, "msg": "would install python3-boto3"}
             return
         if not install:
             raise AnsibleActionFail("boto3 is not importable by %s on the instance: install python3-boto3 "
@@ -221,8 +240,9 @@ class ActionModule(ActionBase):
         """Leave the mount as it was found."""
         if not mounted_here:
             return
-        res = self._execute_module(module_name="efs_mount", module_args={"state": "unmounted", "path": root},
-                                   task_vars=self.task_vars)
+        with self.for_real():
+            res = self._execute_module(module_name="efs_mount", module_args={"state": "unmounted", "path": root},
+                                       task_vars=self.task_vars)
         self.steps["unmount"] = {k: v for k, v in res.items() if k != "invocation"}
         if res.get("failed"):
             result.setdefault("warnings", []).append("EFS left mounted at %s: %s" % (root, res.get("msg")))

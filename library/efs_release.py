@@ -56,7 +56,7 @@ options:
   staging:
     description:
       - With O(state=released), the staged, verified directory relative to O(root), on the same
-        file system (for example C(.reefguide-staging/<run id>/data/reefguide)). It becomes the
+        file system (for example C(.reefguide-staging/<dest key>/data/reefguide)). It becomes the
         target; its empty parent directories are removed afterwards.
       - With O(state=pruned), a staging leftover (for example C(.reefguide-staging)) to delete
         together with the old releases.

@@ -27,7 +27,7 @@ options:
     description: The live directory, relative to O(root). May not exist yet (then staging starts empty).
     type: str
   staging:
-    description: The staging directory, relative to O(root) (e.g. C(.reefguide-staging/<run id>/<target>)).
+    description: The staging directory, relative to O(root) (e.g. C(.reefguide-staging/<dest key>/<target>)).
     type: str
     required: true
   exclude:

@@ -20,7 +20,7 @@ options:
     type: str
     required: true
   prefix:
-    description: The prefix to empty (e.g. C(reefguide-efs/runs/<run id>/)).
+    description: The prefix to empty (e.g. C(reefguide-efs/runs/<dest key>/)).
     type: str
     required: true
   keep:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,38 @@ def test_bad_dest_is_refused_before_anything_starts(lab: Lab, tmp_path: Path) ->
     assert run.returncode != 0 and "does not exist" in run.stdout
     assert lab.sessions_started() == before
     assert lab.status()["instances"][lab.instance_id]["ec2_state"] == "stopped"
+
+
+def test_teardown_check_on_a_running_instance_lists_what_would_go_and_changes_nothing(
+        lab: Lab, tmp_path: Path) -> None:
+    inv = ROOT / "inventory" / "lab.yml"
+    dest = "data/reefguide/tdcheck"
+    for version in ("1", "2"):
+        src = tmp_path / ("v" + version)
+        src.mkdir()
+        (src / "table.csv").write_text("version %s\n" % version * 1000)
+        run = playbook(lab, inv, "stage_data.yml", "-e", "src=%s" % src, "-e", "dest=%s" % dest)
+        assert run.returncode == 0, run.stdout[-3000:]
+    leftover = lab.efs_path / ".reefguide-staging" / "dead-run" / "big.bin"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"\0" * 300000)
+    releases = lab.efs_path / ".reefguide-releases"
+    before = sorted(str(p.relative_to(lab.efs_path)) for p in releases.rglob("*"))
+    lab.start_instance()
+    sessions = lab.sessions_started()
+
+    check = playbook(lab, inv, "teardown.yml", "--check", "-e", "keep=0")
+    assert check.returncode == 0, check.stdout[-3000:]
+    assert "CHECK MODE" in check.stdout
+    m = re.search(r"EFS: (\d+) bytes to free .*?releases pruned: \[([^\]]*)\]", check.stdout, re.S)
+    assert m and int(m.group(1)) >= 300000 and m.group(2).strip(), check.stdout[-3000:]
+    assert lab.sessions_started() > sessions  # it looked at EFS: the instance was running
+    assert leftover.exists()
+    assert sorted(str(p.relative_to(lab.efs_path)) for p in releases.rglob("*")) == before
+    assert lab.status()["instances"][lab.instance_id]["ec2_state"] == "running"
+
+    real = playbook(lab, inv, "teardown.yml", "-e", "keep=0")
+    assert real.returncode == 0, real.stdout[-3000:]
+    assert not leftover.exists()
+    assert lab.status()["instances"][lab.instance_id]["ec2_state"] == "stopped"
+    assert (lab.efs_path / dest / "table.csv").read_text().startswith("version 2")
