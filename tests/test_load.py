@@ -54,6 +54,7 @@ def digest_tree(root: Path) -> tuple[int, str]:
 
 
 def test_50k_files_stage_and_restage_through_the_playbook(lab: Lab, tmp_path: Path) -> None:
+    lab.stop_instance()  # other tests may leave it running; this one checks the stage stops it
     src = small_files(tmp_path / "src", 50000)
     dest = "data/reefguide/load50k"
     inv = ROOT / "inventory" / "lab.yml"

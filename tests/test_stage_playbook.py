@@ -94,3 +94,16 @@ def test_teardown_check_on_a_running_instance_lists_what_would_go_and_changes_no
     assert not leftover.exists()
     assert lab.status()["instances"][lab.instance_id]["ec2_state"] == "stopped"
     assert (lab.efs_path / dest / "table.csv").read_text().startswith("version 2")
+
+
+def test_the_remote_part_gets_the_long_ssm_timeout(lab: Lab, tmp_path: Path) -> None:
+    """amazon.aws.aws_ssm gives a command 60 s by default and then sends it again in a new session
+    while the first still runs; the remote part must run under reefguide_remote_timeout instead."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("timeout check")
+    run = run_playbook(lab.env, ROOT / "inventory" / "lab.yml", "-vvvv", "stage_data.yml", "-e", "src=%s" % src,
+                       "-e", "dest=data/reefguide/timeout-check", "-e", "reefguide_remote_timeout=7200")
+    assert run.returncode == 0, run.stdout[-3000:]
+    remaining = [int(n) for n in re.findall(r"EXEC remaining: (\d+) second", run.stdout)]
+    assert remaining and min(remaining) > 7000 and max(remaining) <= 7200, remaining[:5]
