@@ -15,16 +15,12 @@ ansible.module_utils.__path__.append(str(ROOT / "module_utils"))
 
 import pytest  # noqa: E402
 
-from lab import Lab  # noqa: E402
+from lab import running_lab  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory):
     """One lab for the whole test session, in its own directory (a user's
     `make demo` lab in .lab/ is left alone); brought down at the end."""
-    lab = Lab(tmp_path_factory.mktemp("lab"))
-    try:
-        lab.up("--boot-delay", "1")
+    with running_lab(tmp_path_factory.mktemp("lab")) as lab:
         yield lab
-    finally:
-        lab.down()

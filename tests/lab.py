@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -117,3 +119,14 @@ class Lab:
         env["ANSIBLE_STDOUT_CALLBACK"] = "default"
         env["ANSIBLE_CALLBACK_RESULT_FORMAT"] = "json"
         return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@contextmanager
+def running_lab(directory: Path, *up_args: str) -> Iterator[Lab]:
+    """A lab of its own in directory, up with --boot-delay 1 and up_args, brought down however the block ends."""
+    lab = Lab(directory)
+    try:
+        lab.up("--boot-delay", "1", *up_args)
+        yield lab
+    finally:
+        lab.down()

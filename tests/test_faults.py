@@ -29,7 +29,7 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 
 from helpers import ROOT, run_module, run_playbook
-from lab import Lab
+from lab import Lab, running_lab
 
 DEST = "data/reefguide/adria/datapackages/Both"
 INVENTORY = ROOT / "inventory" / "lab.yml"
@@ -38,12 +38,8 @@ INVENTORY = ROOT / "inventory" / "lab.yml"
 @pytest.fixture(scope="module")
 def flaky(tmp_path_factory):
     """A lab of its own, with the fault proxy in front of moto (faults off until a test turns them on)."""
-    lab = Lab(tmp_path_factory.mktemp("faultlab"))
-    try:
-        lab.up("--boot-delay", "1", "--s3-faults", "0")
+    with running_lab(tmp_path_factory.mktemp("faultlab"), "--s3-faults", "0") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def faults(lab: Lab, **change: Any) -> dict[str, Any]:

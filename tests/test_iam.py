@@ -17,7 +17,7 @@ import boto3
 import pytest
 
 from helpers import ROOT, VENV_BIN, ansible_env
-from lab import Lab
+from lab import Lab, running_lab
 
 sys.path.insert(0, str(ROOT / "lab"))
 from reefguide_lab import iam as lab_iam  # noqa: E402
@@ -28,12 +28,8 @@ PACKAGE = ["-e", "preset=adria_datapackage", "-e", "package=Both"]
 
 @pytest.fixture(scope="module")
 def iam_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab(tmp_path_factory.mktemp("iam-lab"))
-    try:
-        lab.up("--iam", "--boot-delay", "1")
+    with running_lab(tmp_path_factory.mktemp("iam-lab"), "--iam") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def admin(lab: Lab, service: str) -> Any:

@@ -17,7 +17,7 @@ from typing import Callable
 import pytest
 
 from helpers import ROOT, VENV_BIN, ansible_env, run_playbook
-from lab import Lab
+from lab import Lab, running_lab
 
 INVENTORY = ROOT / "inventory" / "lab.yml"
 DEST = "data/reefguide/interrupted"
@@ -26,12 +26,8 @@ DEST = "data/reefguide/interrupted"
 @pytest.fixture(scope="module")
 def ilab(tmp_path_factory):
     """A lab of this module's own: these tests leave locks and running instances behind on purpose."""
-    lab = Lab(tmp_path_factory.mktemp("ilab"))
-    try:
-        lab.up("--boot-delay", "1")
+    with running_lab(tmp_path_factory.mktemp("ilab")) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def make_src(root: Path, version: str, files: int = 1500) -> Path:
@@ -62,6 +58,14 @@ def wait_for(what: str, cond: Callable[[], bool], proc: subprocess.Popen, timeou
         assert proc.poll() is None, "the run ended before %s: %s" % (what, proc.communicate()[0][-3000:])
         assert time.time() < deadline, "no %s within %d s" % (what, timeout)
         time.sleep(0.1)
+
+
+def stage_into_the_remote_part(lab: Lab, src: Path) -> subprocess.Popen:
+    """A stage of src, returned 1.5 s into its SSM session (the pull under way)."""
+    proc = start_stage(lab, src)
+    wait_for("remote session", lambda: remote_part(lab), proc)
+    time.sleep(1.5)
+    return proc
 
 
 def uploading(lab: Lab) -> bool:
@@ -138,9 +142,7 @@ def test_ctrl_c_during_the_upload(ilab: Lab, tmp_path: Path) -> None:
 def test_ctrl_c_during_the_remote_part(ilab: Lab, tmp_path: Path) -> None:
     v1 = stage_v1(ilab, tmp_path)
     v2 = make_src(tmp_path / "v2", "v2")
-    proc = start_stage(ilab, v2)
-    wait_for("remote session", lambda: remote_part(ilab), proc)
-    time.sleep(1.5)
+    proc = stage_into_the_remote_part(ilab, v2)
     interrupt(proc)
     assert tree(ilab.efs_path / DEST) == tree(v1)
     teardown_then_restage(ilab, v2)
@@ -149,9 +151,7 @@ def test_ctrl_c_during_the_remote_part(ilab: Lab, tmp_path: Path) -> None:
 def test_instance_stopped_during_the_remote_part(ilab: Lab, tmp_path: Path) -> None:
     v1 = stage_v1(ilab, tmp_path)
     v2 = make_src(tmp_path / "v2", "v2")
-    proc = start_stage(ilab, v2)
-    wait_for("remote session", lambda: remote_part(ilab), proc)
-    time.sleep(1.5)
+    proc = stage_into_the_remote_part(ilab, v2)
     ilab.stop_instance()
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0
