@@ -1,5 +1,5 @@
 # The AWS options every controller-side reefguide-efs module takes
-# (module_utils/reefguide_aws.py AWS_COMMON_ARGS), documented once.
+# (module_utils/reefguide/aws.py AWS_COMMON_ARGS), documented once.
 
 
 class ModuleDocFragment:

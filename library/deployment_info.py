@@ -75,8 +75,8 @@ import json
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.reefguide_aws import AWS_COMMON_ARGS, client_from_params, fail_aws, require_boto3
-from ansible.module_utils.reefguide_stack import output_key
+from ansible.module_utils.reefguide.aws import AWS_COMMON_ARGS, client_from_params, fail_aws, require_boto3
+from ansible.module_utils.reefguide.stack import output_key
 
 USABLE = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE",
           "UPDATE_IN_PROGRESS", "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS",

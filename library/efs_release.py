@@ -256,13 +256,13 @@ msg:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.reefguide.paths import UnsafePathError
 from ansible.module_utils.reefguide_efs import (
     EFS_RELEASE_ARGS,
     EFS_RELEASE_REQUIRED_IF,
     ReleaseError,
     run_efs_release,
 )
-from ansible.module_utils.reefguide_paths import UnsafePathError
 
 
 def main() -> None:

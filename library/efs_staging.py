@@ -81,8 +81,8 @@ import shutil
 import stat
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.reefguide.paths import UnsafePathError, parents_within, safe_join, safe_relpath
 from ansible.module_utils.reefguide_efs import nested_release_targets
-from ansible.module_utils.reefguide_paths import UnsafePathError, parents_within, safe_join, safe_relpath
 
 
 def clone(src: str, dst: str, exclude: set[str], rel: str = "") -> tuple[int, int, int]:

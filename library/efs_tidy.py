@@ -93,7 +93,7 @@ import stat
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.reefguide_paths import (
+from ansible.module_utils.reefguide.paths import (
     UnsafePathError,
     human_bytes,
     parents_within,

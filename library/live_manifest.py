@@ -97,7 +97,7 @@ import json
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.reefguide_aws import (
+from ansible.module_utils.reefguide.aws import (
     AWS_COMMON_ARGS,
     client_from_params,
     fail_aws,

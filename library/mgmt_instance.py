@@ -99,7 +99,7 @@ import time
 from typing import Any, Optional
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.reefguide_aws import AWS_COMMON_ARGS, client_from_params, error_code, fail_aws, require_boto3
+from ansible.module_utils.reefguide.aws import AWS_COMMON_ARGS, client_from_params, error_code, fail_aws, require_boto3
 
 REFUSED = ("terminated", "shutting-down")
 

@@ -57,7 +57,7 @@ prefixes:
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.reefguide_aws import AWS_COMMON_ARGS, client_from_params, fail_aws, require_boto3
+from ansible.module_utils.reefguide.aws import AWS_COMMON_ARGS, client_from_params, fail_aws, require_boto3
 
 
 def main() -> None:

@@ -313,8 +313,8 @@ summary:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.reefguide_aws import AWS_COMMON_ARGS, describe_error, error_code, require_boto3
-from ansible.module_utils.reefguide_paths import UnsafePathError
+from ansible.module_utils.reefguide.aws import AWS_COMMON_ARGS, describe_error, error_code, require_boto3
+from ansible.module_utils.reefguide.paths import UnsafePathError
 from ansible.module_utils.reefguide_sync import Sync, SyncError, SyncOptions, parse_size, summary
 
 

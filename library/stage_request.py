@@ -125,7 +125,7 @@ import tarfile
 import zipfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.reefguide_paths import UnsafePathError, safe_relpath
+from ansible.module_utils.reefguide.paths import UnsafePathError, safe_relpath
 
 PRESETS = {"reefguide_data": "data/reefguide", "adria_datapackage": "data/reefguide/adria/datapackages"}
 CACHE = "data/reefguide/cache"

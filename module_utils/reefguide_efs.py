@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ansible.module_utils.reefguide_paths import is_within, parents_within, safe_relpath, tree_size
+from ansible.module_utils.reefguide.paths import is_within, parents_within, safe_relpath, tree_size
 
 # ---------------------------------------------------------------------------
 # EFS mounts

@@ -11,7 +11,7 @@
 #   own SigV4 signer (~0.3 ms per request) and keeps one keep-alive connection
 #   per worker thread. botocore is still what finds the credentials (profiles,
 #   SSO, the instance role), and its error codes and hints are reused through
-#   reefguide_aws.describe_error(). Nothing here depends on the boto3 version,
+#   reefguide.aws.describe_error(). Nothing here depends on the boto3 version,
 #   so the pull on the instance (python3-boto3 1.26) runs the same code.
 # - An unchanged tree costs one listing, one manifest GET and one lstat per
 #   local file: local SHA-256s live in a cache keyed by (size, mtime_ns, inode,
@@ -52,11 +52,11 @@ from urllib.request import getproxies, proxy_bypass
 from xml.sax.saxutils import escape as xml_escape
 
 try:
-    from ansible.module_utils.reefguide_aws import aws_session, describe_error, resolve_endpoint
-    from ansible.module_utils.reefguide_paths import UnsafePathError, human_bytes, safe_relpath
+    from ansible.module_utils.reefguide.aws import aws_session, describe_error, resolve_endpoint
+    from ansible.module_utils.reefguide.paths import UnsafePathError, human_bytes, safe_relpath
 except ImportError:  # run as a script or with module_utils/ on sys.path (benchmark, CLI)
-    from reefguide_aws import aws_session, describe_error, resolve_endpoint  # type: ignore
-    from reefguide_paths import UnsafePathError, human_bytes, safe_relpath  # type: ignore
+    from reefguide.aws import aws_session, describe_error, resolve_endpoint  # type: ignore
+    from reefguide.paths import UnsafePathError, human_bytes, safe_relpath  # type: ignore
 
 
 MiB = 1024 * 1024

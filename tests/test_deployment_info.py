@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from ansible.module_utils.reefguide_stack import slug
+from ansible.module_utils.reefguide.stack import slug
 
 from helpers import run_module
 from lab import Lab

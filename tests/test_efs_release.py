@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible.module_utils.reefguide.paths import UnsafePathError
 from ansible.module_utils.reefguide_efs import EFS_RELEASE_ARGS, run_efs_release, target_key, with_defaults
-from ansible.module_utils.reefguide_paths import UnsafePathError
 
 from helpers import run_module
 

@@ -829,7 +829,7 @@ def test_a_failed_part_aborts_the_upload_and_removes_the_temporary(
 
 
 def test_access_denied_names_the_permission_problem(deny_all: Server, tmp_path: Path) -> None:
-    from ansible.module_utils.reefguide_aws import describe_error
+    from ansible.module_utils.reefguide.aws import describe_error
 
     src = make_tree(tmp_path / "src", ["a"])
     with pytest.raises(Exception) as info:

@@ -51,8 +51,8 @@ from .state import (
 
 
 def _stack_utils():
-    """module_utils/reefguide_stack.py: the slug rule, shared with the modules."""
-    path = REPO / "module_utils" / "reefguide_stack.py"
+    """module_utils/reefguide/stack.py: the slug rule, shared with the modules."""
+    path = REPO / "module_utils" / "reefguide" / "stack.py"
     spec = importlib.util.spec_from_file_location("reefguide_stack", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
