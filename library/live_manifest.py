@@ -13,8 +13,8 @@ description:
   - V(compared) reads that record and compares it with a local tree, so an identical re-run is
     recognised on the controller before anything is uploaded or the instance is started. Local
     SHA-256s come from the sync engine's checksum cache, so unchanged files are not read again.
-  - V(present) records a release: it copies the manifest the push wrote for the run into the record.
-  - V(absent) forgets the record (after a rollback: the next stage then compares nothing and stages).
+  - V(present) records a release; it copies the manifest the push wrote for the run into the record.
+  - V(absent) forgets the record (after a rollback, so that the next stage compares nothing and stages).
   - Runs on the controller.
 version_added: "0.1.0"
 author: reefguide-efs developers
