@@ -1,5 +1,5 @@
 """The S3 endpoint of the benchmark: `rclone serve s3` on a free loopback
-port, serving a scratch directory (DESIGN.md section 3: moto is too slow to
+port, serving a scratch directory (docs/architecture.md, "The lab": moto is too slow to
 measure anything but itself).
 
 Buckets are the top-level directories of the scratch directory and keys are

@@ -1,4 +1,4 @@
-# Facts of the ReefGuide CloudFormation stack (DESIGN.md §2), free of Ansible
+# Facts of the ReefGuide CloudFormation stack (docs/architecture.md §2), free of Ansible
 # imports so the lab can load this file too.
 
 from __future__ import annotations

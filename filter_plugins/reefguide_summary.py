@@ -1,0 +1,148 @@
+# The run summaries of stage_data.yml and teardown.yml, built from one dict of what the run did.
+# Python rather than one long Jinja expression, so that every line of the summary is unit-tested
+# (tests/test_summary.py) and reads top to bottom.
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from jinja2.filters import do_filesizeformat
+
+GiB = 1024**3
+GB = 1000**3
+
+
+def _num(value: Any) -> Optional[float]:
+    """A timestamp or size as Ansible hands it over (number, numeric string, or nothing)."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _files(counts: Optional[dict[str, Any]], key: str) -> int:
+    return int(((counts or {}).get(key) or {}).get("files") or 0)
+
+
+def _bytes(counts: Optional[dict[str, Any]], key: str) -> int:
+    return int(((counts or {}).get(key) or {}).get("bytes") or 0)
+
+
+def timeline(t: dict[str, Any]) -> str:
+    """Seconds from the start of the run; the upload and the instance start overlap, both shown."""
+    t0 = _num(t.get("run_started")) or 0.0
+    parts = []
+    up0, up1 = _num(t.get("upload_started")), _num(t.get("upload_ended"))
+    if up0 is not None and up1 is not None:
+        parts.append("upload %.1f-%.1f" % (up0 - t0, up1 - t0))
+    asked, start_seconds = _num(t.get("power_requested")), _num(t.get("power_seconds"))
+    if asked is not None and start_seconds is not None:
+        parts.append("instance start %.1f-%.1f" % (asked - t0, asked + start_seconds - t0))
+    r0, r1 = _num(t.get("remote_started")), _num(t.get("remote_ended"))
+    if r0 is not None and r1 is not None:
+        parts.append("remote work %.1f-%.1f" % (r0 - t0, r1 - t0))
+    stopped = _num(t.get("power_stopped"))
+    if stopped is not None:
+        parts.append("instance stopped at %.1f" % (stopped - t0))
+    parts.append("end %.1f" % ((_num(t.get("now")) or t0) - t0))
+    return ", ".join(parts)
+
+
+def _instance_line(t: dict[str, Any]) -> Optional[str]:
+    asked = _num(t.get("power_requested"))
+    if asked is None:
+        return None
+    stopped = _num(t.get("power_stopped"))
+    end = stopped if stopped is not None else (_num(t.get("now")) or asked)
+    note = "" if stopped is not None else " (left running: it was running before)"
+    return "Instance: %d s from start request to stop%s" % (round(end - asked), note)
+
+
+def _usage_line(usage: dict[str, Any], price: float) -> Optional[str]:
+    if not usage:
+        return None
+    total = float(usage.get("bytes") or 0)
+    areas = ", ".join("%s %s" % (name, do_filesizeformat(size, True))
+                      for name, size in (usage.get("areas") or {}).items())
+    return "EFS now holds %.3f GiB (%s), about $%.2f a month at $%.2f/GB-month%s" % (
+        total / GiB, areas, total / GB * price, price,
+        "" if usage.get("complete", True) else " (at least: the count stopped at its time budget)")
+
+
+def _outcome_line(run: dict[str, Any]) -> str:
+    request = run.get("request") or {}
+    if run.get("failure"):
+        return "FAILED: %s" % (run["failure"].get("msg") or "")
+    if run.get("nothing_to_do"):
+        return ("Nothing to do: %s already holds this data (release %s); nothing uploaded, the instance was "
+                "not started." % (request.get("dest"), (run.get("live") or {}).get("release_id") or "?"))
+    return "%s %s -> EFS:%s (mode %s)" % ("Would stage" if run.get("check_mode") else "Staged",
+                                          request.get("upload_path"), request.get("dest"), request.get("mode"))
+
+
+def stage_summary(run: dict[str, Any]) -> list[str]:
+    """The summary stage_data.yml prints, one line per fact."""
+    dep, request = run.get("deployment") or {}, run.get("request") or {}
+    stage, upload = run.get("stage") or {}, run.get("upload") or {}
+    lines = ["Deployment %s: instance %s, transfer bucket %s, EFS %s" % (
+        run.get("stack_name"), dep.get("instance_id", "?"), dep.get("bucket", "?"), dep.get("efs_id", "?"))]
+    if run.get("check_mode"):
+        lines.append("CHECK MODE: nothing was changed. The instance is not started by a check run, so EFS was "
+                     "not inspected; the plan compares src with the record of what is live.")
+    if run.get("failure") and upload:
+        lines.append("Uploads kept at s3://%s/%s: a re-run sends only what is missing; teardown.yml removes them"
+                     % (dep.get("bucket"), request.get("run_prefix")))
+    lines.append(_outcome_line(run))
+    counts = (run.get("live") or {}).get("counts")
+    if counts:
+        lines.append("Plan: %d new, %d changed, %d removed, %d unchanged files (%d files, %d bytes locally)" % (
+            counts["new"], counts["changed"], counts["removed"], counts["unchanged"],
+            counts["local_files"], counts["local_bytes"]))
+    if upload:
+        lines.append("Upload: %d files / %d bytes transferred, %d skipped" % (
+            _files(upload, "transferred"), _bytes(upload, "transferred"), _files(upload, "skipped")))
+    pull = stage.get("pull") or {}
+    if pull:
+        lines.append("Pull on the instance: %d files / %d bytes transferred, %d skipped, %d deleted" % (
+            _files(pull, "transferred"), _bytes(pull, "transferred"), _files(pull, "skipped"),
+            _files(pull, "deleted")))
+    if stage.get("release_id"):
+        lines.append("Release %s is live (previous: %s). Roll back with: ansible-playbook rollback.yml -l %s -e dest=%s"
+                     % (stage["release_id"], stage.get("previous_release_id") or "none", run.get("host"),
+                        request.get("dest")))
+    times = run.get("times") or {}
+    lines += [line for line in (_instance_line(times),) if line]
+    lines.append("Timeline (seconds from the start of the run): " + timeline(times))
+    usage = _usage_line(stage.get("usage") or {}, float(run.get("price_per_gb_month") or 0))
+    if usage:
+        lines.append(usage)
+    return lines
+
+
+def teardown_summary(run: dict[str, Any]) -> list[str]:
+    """The summary teardown.yml prints."""
+    check = bool(run.get("check_mode"))
+    s3, efs = run.get("s3") or {}, run.get("efs")
+    price = float(run.get("price_per_gb_month") or 0)
+    lines = ["CHECK MODE: nothing was changed; listed is what would go."] if check else []
+    lines.append("Transfer bucket: %d objects, %d bytes %s" % (
+        int(s3.get("deleted") or 0), int(s3.get("bytes") or 0), "to delete" if check else "deleted"))
+    if efs:
+        freed = int(efs.get("bytes_freed") or 0)
+        lines.append("EFS: %d bytes %s (%.2f GiB, about $%.2f a month saved at $%.2f/GB-month); releases pruned: %s;"
+                     " paths removed: %s" % (
+                         freed, "to free" if check else "freed", freed / GiB, freed / GB * price, price,
+                         [p.get("release_id", "?") for p in efs.get("pruned") or []],
+                         [r.get("path") for r in efs.get("removed") or []]))
+    else:
+        lines.append("EFS: not inspected (a check run does not start the stopped instance)")
+    lines.append("Instance %s: %s" % ((run.get("deployment") or {}).get("instance_id"),
+                                      "would be stopped (never terminated)" if check else "stopped (never terminated)"))
+    return lines
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {"reefguide_stage_summary": stage_summary, "reefguide_teardown_summary": teardown_summary}

@@ -1,0 +1,102 @@
+"""The run summaries (filter_plugins/reefguide_summary.py): what an operator reads after a run."""
+
+from __future__ import annotations
+
+import sys
+
+from helpers import ROOT
+
+sys.path.insert(0, str(ROOT / "filter_plugins"))
+
+from reefguide_summary import FilterModule, stage_summary, teardown_summary, timeline  # noqa: E402
+
+DEPLOYMENT = {"instance_id": "i-0abc", "bucket": "tb", "efs_id": "fs-12345678"}
+REQUEST = {"dest": "data/reefguide", "mode": "merge", "upload_path": "/data/in", "run_prefix": "reefguide-efs/runs/x/"}
+COUNTS = {"new": 1, "changed": 2, "removed": 0, "unchanged": 7, "local_files": 10, "local_bytes": 1234}
+
+
+def staged_run(**over: object) -> dict:
+    run = {
+        "stack_name": "reefguide-lab", "host": "lab", "check_mode": False, "deployment": DEPLOYMENT,
+        "request": REQUEST, "live": {"counts": COUNTS, "release_id": "r1"}, "nothing_to_do": False,
+        "upload": {"transferred": {"files": 3, "bytes": 300}, "skipped": {"files": 7}},
+        "stage": {"release_id": "r2", "previous_release_id": "r1",
+                  "pull": {"transferred": {"files": 3, "bytes": 300}, "skipped": {"files": 7},
+                           "deleted": {"files": 1}},
+                  "usage": {"bytes": 2 * 1024**3, "areas": {"data/reefguide": 2 * 1024**3}, "complete": True}},
+        "failure": None, "price_per_gb_month": "0.30",
+        "times": {"run_started": "100.0", "upload_started": "104.0", "upload_ended": "106.5",
+                  "power_requested": "104.2", "power_seconds": 4, "remote_started": "110", "remote_ended": "114.3",
+                  "power_stopped": "116.0", "now": "117.0"},
+    }
+    run.update(over)
+    return run
+
+
+def test_a_successful_stage_says_what_travelled_the_release_and_how_to_roll_back() -> None:
+    lines = stage_summary(staged_run())
+    assert lines[0] == "Deployment reefguide-lab: instance i-0abc, transfer bucket tb, EFS fs-12345678"
+    assert "Staged /data/in -> EFS:data/reefguide (mode merge)" in lines
+    assert "Plan: 1 new, 2 changed, 0 removed, 7 unchanged files (10 files, 1234 bytes locally)" in lines
+    assert "Upload: 3 files / 300 bytes transferred, 7 skipped" in lines
+    assert "Pull on the instance: 3 files / 300 bytes transferred, 7 skipped, 1 deleted" in lines
+    assert ("Release r2 is live (previous: r1). Roll back with: ansible-playbook rollback.yml -l lab "
+            "-e dest=data/reefguide") in lines
+    assert "Instance: 12 s from start request to stop" in lines
+    assert lines[-1] == "EFS now holds 2.000 GiB (data/reefguide 2.0 GiB), about $0.64 a month at $0.30/GB-month"
+
+
+def test_timeline_shows_the_upload_overlapping_the_instance_start() -> None:
+    assert timeline(staged_run()["times"]) == (
+        "upload 4.0-6.5, instance start 4.2-8.2, remote work 10.0-14.3, instance stopped at 16.0, end 17.0")
+    assert timeline({"run_started": 5, "now": 7}) == "end 2.0"
+
+
+def test_nothing_to_do_names_the_live_release_and_starts_nothing() -> None:
+    lines = stage_summary(staged_run(nothing_to_do=True, upload={}, stage={}, times={"run_started": 1, "now": 4}))
+    assert ("Nothing to do: data/reefguide already holds this data (release r1); nothing uploaded, "
+            "the instance was not started.") in lines
+    assert not [line for line in lines if line.startswith(("Upload:", "Instance:", "Release"))]
+
+
+def test_a_failure_says_where_the_uploads_are_kept() -> None:
+    lines = stage_summary(staged_run(failure={"msg": "boom"}, stage={}))
+    assert "FAILED: boom" in lines
+    assert ("Uploads kept at s3://tb/reefguide-efs/runs/x/: a re-run sends only what is missing; "
+            "teardown.yml removes them") in lines
+
+
+def test_an_instance_not_stopped_by_the_run_is_said_to_be_left_running() -> None:
+    times = dict(staged_run()["times"], power_stopped=None)
+    line = [x for x in stage_summary(staged_run(times=times)) if x.startswith("Instance:")][0]
+    assert line == "Instance: 13 s from start request to stop (left running: it was running before)"
+
+
+def test_check_mode_says_nothing_changed() -> None:
+    lines = stage_summary(staged_run(check_mode=True, upload={}, stage={}))
+    assert lines[1].startswith("CHECK MODE: nothing was changed.")
+    assert "Would stage /data/in -> EFS:data/reefguide (mode merge)" in lines
+
+
+def test_teardown_summary_counts_what_went_and_what_it_saves() -> None:
+    lines = teardown_summary({"check_mode": False, "deployment": DEPLOYMENT, "price_per_gb_month": 0.3,
+                              "s3": {"deleted": 4, "bytes": 4000},
+                              "efs": {"bytes_freed": 3 * 10**9, "pruned": [{"release_id": "r0"}],
+                                      "removed": [{"path": "data/reefguide/old"}]}})
+    assert lines == [
+        "Transfer bucket: 4 objects, 4000 bytes deleted",
+        "EFS: 3000000000 bytes freed (2.79 GiB, about $0.90 a month saved at $0.30/GB-month); releases pruned: "
+        "['r0']; paths removed: ['data/reefguide/old']",
+        "Instance i-0abc: stopped (never terminated)",
+    ]
+
+
+def test_teardown_check_without_the_instance_says_efs_was_not_inspected() -> None:
+    lines = teardown_summary({"check_mode": True, "deployment": DEPLOYMENT, "s3": {}, "efs": None})
+    assert lines[0].startswith("CHECK MODE")
+    assert "EFS: not inspected (a check run does not start the stopped instance)" in lines
+    assert lines[-1] == "Instance i-0abc: would be stopped (never terminated)"
+
+
+def test_the_filters_are_registered_under_their_names() -> None:
+    assert set(FilterModule().filters()) == {"reefguide_stage_summary", "reefguide_teardown_summary"}
