@@ -32,6 +32,35 @@ def cache_entry_under(dest: str) -> Optional[str]:
     return None
 
 
+# The task's arguments, checked and defaulted in one place (documented in library/efs_session.py).
+ARGUMENT_SPEC: dict[str, Any] = dict(
+    operation=dict(type="str", choices=["stage", "teardown", "rollback"], default="stage"),
+    install_packages=dict(type="bool", default=True),
+    remove=dict(type="list", elements="str", default=[]),
+    allowed_roots=dict(type="list", elements="str", default=["data/reefguide"]),
+    fs_id=dict(type="str", required=True),
+    efs_root=dict(type="str", required=True),
+    user=dict(type="str", default="ec2-user"),
+    mount_options=dict(type="str", default="tls,iam"),
+    bucket=dict(type="str"),
+    prefix=dict(type="str"),
+    dest=dict(type="str"),
+    staging=dict(type="str"),
+    run_id=dict(type="str"),
+    mode=dict(type="str", choices=["replace", "merge", "mirror"], default="replace"),
+    clear_cache=dict(type="bool", default=False),
+    keep=dict(type="int", default=2),
+    release_id=dict(type="str"),
+    concurrency=dict(type="int", default=16),
+    endpoint_url=dict(type="str"),
+    region=dict(type="str"),
+)
+REQUIRED_IF = [
+    ("operation", "stage", ("bucket", "prefix", "dest", "staging", "run_id")),
+    ("operation", "rollback", ("dest",)),
+]
+
+
 # amazon.aws.aws_ssm moves module files through presigned S3 URLs and, at -vvv,
 # prints the curl command that fetches them: query strings carrying the access
 # key id, the signature and the session token.
@@ -116,27 +145,21 @@ class ActionModule(ActionBase):
         self.task_vars = task_vars or {}
         redact_connection_display(self._connection)
         result = super().run(tmp, self.task_vars)
-        a = self._task.args
-        op = a.get("operation", "stage")
-        needs = {"stage": ("fs_id", "efs_root", "bucket", "prefix", "dest", "staging", "run_id"),
-                 "teardown": ("fs_id", "efs_root"), "rollback": ("fs_id", "efs_root", "dest")}
-        if op not in needs:
-            raise AnsibleActionFail("operation must be one of %s" % ", ".join(needs))
-        missing = [k for k in needs[op] if not a.get(k)]
-        if missing:
-            raise AnsibleActionFail("efs_session operation=%s needs %s" % (op, ", ".join(missing)))
+        # one place for the defaults (documented in library/efs_session.py); roles pass their own values
+        _, a = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF)
+        op = a["operation"]
         self.steps: dict[str, Any] = {}
         root = a["efs_root"]
-        user = a.get("user") or "ec2-user"
+        user = a["user"]
         mounted_here = False
         try:
-            self.ensure_packages(bool(a.get("install_packages", True)))
+            self.ensure_packages(a["install_packages"])
             # in check mode too: EFS is mounted (and unmounted again below) so the checked
             # steps can read it; they change nothing
             with self.for_real():
                 mount = self.step("mount", "efs_mount", {
                     "state": "mounted", "fs_id": a["fs_id"], "path": root, "user": user,
-                    "options": a.get("mount_options") or "tls,iam", "owner": user, "group": user,
+                    "options": a["mount_options"], "owner": user, "group": user,
                 })
             mounted_here = bool(mount.get("mounted_by_this_call"))
             outcome = getattr(self, op)(a, root, user)
@@ -147,7 +170,7 @@ class ActionModule(ActionBase):
                 outcome["usage"] = {k: usage.get(k) for k in ("bytes", "files", "areas", "complete")}
         except AnsibleActionFail as exc:
             result.update(failed=True, msg=str(exc), steps=self.steps)
-            if op == "stage" and a.get("mode") != "mirror":
+            if op == "stage" and a["mode"] != "mirror":
                 result["staging_left"] = a["staging"]
             self.unmount(root, mounted_here, result)
             return result
@@ -181,8 +204,8 @@ class ActionModule(ActionBase):
 
     # -- operations -------------------------------------------------------------
     def stage(self, a: dict[str, Any], root: str, user: str) -> dict[str, Any]:
-        dest, mode = a["dest"], a.get("mode") or "replace"
-        aws = {"endpoint_url": a.get("endpoint_url") or None, "region": a.get("region") or None}
+        dest, mode = a["dest"], a["mode"]
+        aws = {"endpoint_url": a["endpoint_url"] or None, "region": a["region"] or None}
         cache = cache_entry_under(dest)
         staging_area = "/".join(a["staging"].split("/")[:2])  # .reefguide-staging/<dest key>
         if mode == "mirror":
@@ -198,20 +221,20 @@ class ActionModule(ActionBase):
             })
             pull_into, pull_mode = root + "/" + a["staging"], ("merge" if mode == "merge" else "mirror")
         pull_args = dict(aws, direction="pull", bucket=a["bucket"], prefix=a["prefix"], path=pull_into,
-                         mode=pull_mode, concurrency=int(a.get("concurrency") or 16))
+                         mode=pull_mode, concurrency=a["concurrency"])
         if mode == "mirror" and cache:
             pull_args["exclude"] = [cache, cache + "/**"]
         pull = self.step("pull", "s3_sync", pull_args)
         release: dict[str, Any] = {}
         if mode != "mirror":
             release_args = {"root": root, "target": dest, "staging": a["staging"],
-                            "keep": int(a.get("keep", 2)), "owner": user, "group": user}
-            if a.get("release_id"):
+                            "keep": a["keep"], "owner": user, "group": user}
+            if a["release_id"]:
                 release_args["release_id"] = a["release_id"]
             release = self.step("release", "efs_release", release_args)
             # what is left of the run's staging area once its directory went live
             self.step("tidy_staging", "efs_tidy", {"root": root, "remove": [staging_area]})
-        if a.get("clear_cache"):
+        if a["clear_cache"]:
             # emptied, kept: the workers need it to exist
             self.step("clear_cache", "efs_tidy", {"root": root, "empty": [CACHE]})
         changed = any(self.steps.get(s, {}).get("changed") for s in ("pull", "release", "clear_cache"))
@@ -220,17 +243,16 @@ class ActionModule(ActionBase):
 
     def teardown(self, a: dict[str, Any], root: str, user: str) -> dict[str, Any]:
         prune = self.step("prune", "efs_release", {
-            "root": root, "state": "pruned", "keep": int(a.get("keep", 2)), "staging": STAGING_ROOT})
+            "root": root, "state": "pruned", "keep": a["keep"], "staging": STAGING_ROOT})
         tidy = self.step("remove", "efs_tidy", {
-            "root": root, "remove": list(a.get("remove") or []),
-            "allowed_roots": list(a.get("allowed_roots") or ["data/reefguide"])})
+            "root": root, "remove": a["remove"], "allowed_roots": a["allowed_roots"]})
         freed = int(prune.get("bytes_freed") or 0) + int(tidy.get("bytes_freed") or 0)
         return {"changed": bool(prune.get("changed") or tidy.get("changed")), "bytes_freed": freed,
                 "pruned": prune.get("pruned", []), "removed": tidy.get("removed", [])}
 
     def rollback(self, a: dict[str, Any], root: str, user: str) -> dict[str, Any]:
         args = {"root": root, "target": a["dest"], "state": "rolled_back"}
-        if a.get("release_id"):
+        if a["release_id"]:
             args["release_id"] = a["release_id"]
         res = self.step("rollback", "efs_release", args)
         return {"changed": bool(res.get("changed")), "release_id": res.get("release_id"),
