@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from endpoint import S3Server  # noqa: E402
 from peers import base_env  # noqa: E402
 
-ENGINE = ROOT / "module_utils" / "reefguide_sync.py"
+ENGINE = ROOT / "scripts" / "reefguide-sync"
 MiB = 1024 * 1024
 RSS_CEILING_MB = 200  # issue 5's bound while moving 256 MiB files; holds for 5 GiB too
 
