@@ -104,7 +104,7 @@ from ansible.module_utils.reefguide.aws import (
     read_json_object,
     require_boto3,
 )
-from ansible.module_utils.reefguide.checksums import ChecksumCache, default_cache_path, file_key, hash_file
+from ansible.module_utils.reefguide.checksums import ChecksumCache, default_cache_path, local_sha256
 from ansible.module_utils.reefguide.local_tree import Matcher, scan_source
 from ansible.module_utils.reefguide.sync_common import LocalFileError
 
@@ -123,12 +123,7 @@ def local_manifest(path: str) -> dict[str, tuple[int, str]]:
     cache = ChecksumCache(default_cache_path(path), path)
     out: dict[str, tuple[int, str]] = {}
     for rel, lf in files.items():
-        key = file_key(lf)
-        hit = cache.lookup(rel, key)
-        if hit:
-            out[rel] = (lf.size, hit[4])
-        else:
-            out[rel] = (lf.size, hash_file(lf.path).hexdigest())
+        out[rel] = (lf.size, local_sha256(lf, cache)[0])
     return out
 
 

@@ -9,7 +9,8 @@ import hashlib
 import json
 import os
 import threading
-from typing import Any, Optional
+import time
+from typing import Any, Callable, NamedTuple, Optional
 
 from ansible.module_utils.reefguide.local_tree import LocalFile
 from ansible.module_utils.reefguide.sync_common import LocalFileError, thread_buffer
@@ -52,6 +53,22 @@ def file_key(lf: LocalFile) -> list[int]:
     return [lf.size, lf.mtime_ns, lf.ino, lf.ctime_ns]
 
 
+class CacheEntry(NamedTuple):
+    """One file's entry; in the cache file a JSON list of these fields, in this order."""
+
+    size: int
+    mtime_ns: int
+    ino: int
+    ctime_ns: int
+    sha256: str
+    etag: Optional[str]  # of the object the file was last found equal to; None until then
+
+    @property
+    def key(self) -> list[int]:
+        """The stat it was recorded for, as file_key() and stat_key() give it."""
+        return [self.size, self.mtime_ns, self.ino, self.ctime_ns]
+
+
 def default_cache_path(root: str) -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     digest = hashlib.sha256(os.fsencode(os.path.realpath(root))).hexdigest()[:24]
@@ -59,8 +76,8 @@ def default_cache_path(root: str) -> str:
 
 
 class ChecksumCache:
-    """rel -> [size, mtime_ns, ino, ctime_ns, sha256, etag]: the SHA-256 of a
-    local file as long as its stat is unchanged, and the ETag of the object
+    """rel -> CacheEntry ([size, mtime_ns, ino, ctime_ns, sha256, etag] on
+    disk): the SHA-256 of a local file as long as its stat is unchanged, and the ETag of the object
     it was last found equal to. Entries whose mtime is within RACY_NS of the
     moment they were hashed are not kept."""
 
@@ -86,19 +103,22 @@ class ChecksumCache:
             if isinstance(entries, dict):
                 self.entries = entries
 
-    def lookup(self, rel: str, key: list[int]) -> Optional[list]:
-        entry = self.entries.get(rel)
-        if entry and isinstance(entry, list) and len(entry) == 6 and entry[:4] == key:
-            return entry
-        return None
+    def lookup(self, rel: str, key: list[int]) -> Optional[CacheEntry]:
+        """rel's entry while its stat is still key, else None."""
+        raw = self.entries.get(rel)
+        if not raw or not isinstance(raw, list) or len(raw) != len(CacheEntry._fields):
+            return None
+        entry = CacheEntry._make(raw)
+        return entry if entry.key == key else None
 
     def store(self, rel: str, key: list[int], sha: str, etag: Optional[str], hashed_at_ns: int) -> None:
         with self.lock:
-            margin = RACY_COARSE_NS if key[1] % 1000000000 == 0 else RACY_NS
-            if key[1] >= hashed_at_ns - margin:
+            entry = CacheEntry(*key, sha, etag)
+            margin = RACY_COARSE_NS if entry.mtime_ns % 1000000000 == 0 else RACY_NS
+            if entry.mtime_ns >= hashed_at_ns - margin:
                 self.entries.pop(rel, None)
             else:
-                self.entries[rel] = key + [sha, etag]
+                self.entries[rel] = list(entry)
             self.dirty = True
 
     def save(self, keep: set[str]) -> None:
@@ -113,3 +133,21 @@ class ChecksumCache:
         with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as fh:
             json.dump(doc, fh, separators=(",", ":"))
         os.replace(tmp, self.path)
+
+
+def local_sha256(
+    lf: LocalFile, cache: Optional[ChecksumCache], counted: Optional[Callable[[int], None]] = None
+) -> tuple[str, Optional[str]]:
+    """(SHA-256, ETag of the object it was last synced with) of a local file:
+    from the cache while its stat is unchanged, else read (counted(size) is
+    told so) and recorded in the cache with no ETag."""
+    entry = cache.lookup(lf.rel, file_key(lf)) if cache else None
+    if entry:
+        return entry.sha256, entry.etag
+    hashed_at = time.time_ns()
+    sha = hash_file(lf.path).hexdigest()
+    if counted:
+        counted(lf.size)
+    if cache:
+        cache.store(lf.rel, file_key(lf), sha, None, hashed_at)
+    return sha, None

@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Optional
 
 from ansible.module_utils.reefguide.aws import aws_session, resolve_endpoint
-from ansible.module_utils.reefguide.checksums import ChecksumCache, default_cache_path, file_key, hash_file
+from ansible.module_utils.reefguide.checksums import ChecksumCache, default_cache_path, file_key, local_sha256
 from ansible.module_utils.reefguide.credentials import environment_credentials
 from ansible.module_utils.reefguide.local_tree import LocalFile, Matcher
 from ansible.module_utils.reefguide.manifest import RemoteObject, RemoteState, read_remote
@@ -113,19 +113,10 @@ class Sync(PushSync, PullSync):
 
     # -- shared comparison
 
-    def _local_sha(self, lf: LocalFile) -> tuple[str, Optional[str]]:
-        """(sha256, etag it was last synced with) from the cache, else hashed."""
-        entry = self.cache.lookup(lf.rel, file_key(lf)) if self.cache else None
-        if entry:
-            return entry[4], entry[5]
-        hashed_at = time.time_ns()
-        sha = hash_file(lf.path).hexdigest()
+    def _count_hashed(self, size: int) -> None:
         with self.stats_lock:
             self.hashed_files += 1
-            self.hashed_bytes += lf.size
-        if self.cache:
-            self.cache.store(lf.rel, file_key(lf), sha, None, hashed_at)
-        return sha, None
+            self.hashed_bytes += size
 
     def _remote_sha(self, obj: RemoteObject) -> Optional[str]:
         if obj.sha256:
@@ -150,9 +141,9 @@ class Sync(PushSync, PullSync):
                 result.append(True)
                 continue
             entry = self.cache.lookup(lf.rel, file_key(lf)) if self.cache else None
-            if entry and entry[5] and entry[5] == obj.etag:
+            if entry and entry.etag and entry.etag == obj.etag:
                 result.append(False)  # this exact object was synced from/to this exact file
-                obj.sha256 = obj.sha256 or entry[4]
+                obj.sha256 = obj.sha256 or entry.sha256
                 continue
             result.append(None)
             slow.append(i)
@@ -163,7 +154,7 @@ class Sync(PushSync, PullSync):
                 if runner.failed:
                     return
                 lf, obj = pairs[i]
-                sha, _ = self._local_sha(lf)
+                sha, _ = local_sha256(lf, self.cache, self._count_hashed)
                 remote = self._remote_sha(obj)
                 result[i] = remote != sha
                 if remote == sha and self.cache:

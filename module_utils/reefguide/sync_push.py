@@ -142,11 +142,9 @@ class PushSync:
     def _sha_for_upload(self, lf: LocalFile, st: os.stat_result) -> str:
         entry = self.cache.lookup(lf.rel, stat_key(st)) if self.cache else None
         if entry:
-            return entry[4]
+            return entry.sha256
         sha = hash_file(lf.path).hexdigest()
-        with self.stats_lock:
-            self.hashed_files += 1
-            self.hashed_bytes += st.st_size
+        self._count_hashed(st.st_size)
         return sha
 
     def _upload_multipart(self, lf: LocalFile, runner: Runner, uploaded: dict) -> None:
