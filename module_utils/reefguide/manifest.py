@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from ansible.module_utils.reefguide.local_tree import Matcher
 from ansible.module_utils.reefguide.paths import UnsafePathError
@@ -43,9 +45,22 @@ class RemoteState:
 
 
 def read_remote(client: S3Client, prefix: str, excluded: Matcher) -> RemoteState:
-    state = RemoteState()
+    """The objects under prefix, with the SHA-256s the manifest still vouches for."""
     base = prefix + "/" if prefix else ""
-    for key, size, etag, modified in client.list_objects(base):
+    state = state_from_listing(client.list_objects(base), base, excluded)
+    if state.manifest_etag is not None:
+        _apply_manifest(client, base + MANIFEST_NAME, state)
+    return state
+
+
+def state_from_listing(
+    listing: Iterable[tuple[str, int, str, str]], base: str, excluded: Callable[[str], bool]
+) -> RemoteState:
+    """A RemoteState from (key, size, etag, LastModified) rows listed under
+    base: files by relative path, 'dir/' markers, the manifest's ETag, and
+    keys that cannot be stored locally."""
+    state = RemoteState()
+    for key, size, etag, modified in listing:
         rel = key[len(base) :]
         if rel == MANIFEST_NAME:
             state.manifest_etag = etag
@@ -62,24 +77,36 @@ def read_remote(client: S3Client, prefix: str, excluded: Matcher) -> RemoteState
         if excluded(rel):
             continue
         state.files[rel] = RemoteObject(rel, key, size, etag, modified)
-    if state.manifest_etag is not None:
-        _apply_manifest(client, base + MANIFEST_NAME, state)
     return state
 
 
+# What parse_manifest() raises for a document it cannot use (the warning quotes it).
+UNREADABLE = (ValueError, AttributeError, UnicodeDecodeError)
+
+
+def parse_manifest(data: bytes) -> dict[str, Any]:
+    """The manifest document in data; raises one of UNREADABLE when it is not one."""
+    doc = json.loads(data.decode("utf-8"))
+    if doc.get("format") != MANIFEST_FORMAT or not isinstance(doc.get("files"), dict):
+        raise ValueError("not a %s" % MANIFEST_FORMAT)
+    return doc
+
+
 def _apply_manifest(client: S3Client, key: str, state: RemoteState) -> None:
-    """Fills in the SHA-256 (and source mtime) of every listed object whose
-    size and ETag still match its manifest entry."""
     data = client.get_small(key)
     if data is None:
         return
     try:
-        doc = json.loads(data.decode("utf-8"))
-        if doc.get("format") != MANIFEST_FORMAT or not isinstance(doc.get("files"), dict):
-            raise ValueError("not a %s" % MANIFEST_FORMAT)
-    except (ValueError, AttributeError, UnicodeDecodeError) as exc:
+        doc = parse_manifest(data)
+    except UNREADABLE as exc:
         state.warnings.append("ignored unreadable manifest %s: %s" % (client.url_for(key), exc))
         return
+    apply_manifest_doc(doc, state)
+
+
+def apply_manifest_doc(doc: dict[str, Any], state: RemoteState) -> None:
+    """Fills in the SHA-256 (and source mtime) of every listed object whose
+    size and ETag still match its manifest entry, and the directories it lists."""
     state.manifest = doc
     for rel, entry in doc["files"].items():
         obj = state.files.get(rel)
@@ -94,3 +121,40 @@ def _apply_manifest(client: S3Client, key: str, state: RemoteState) -> None:
             state.manifest_dirs.append(check_relpath(rel, "manifest directory"))
         except (UnsafePathError, TypeError):
             state.bad.append("manifest directory %r" % (rel,))
+
+
+def manifest_doc(
+    remote: RemoteState,
+    uploaded: dict[str, tuple[str, str, int, int]],
+    empty_dirs: list[str],
+    deleted: set[str],
+    keep_dirs: bool,
+) -> Optional[dict[str, Any]]:
+    """The manifest after a push, or None when it would not change. It lists
+    every object under the prefix whose SHA-256 is known (uploaded: rel ->
+    sha256, etag, size, mtime_ns), keyed by relative path, with the ETag it
+    was computed for (a reader trusts an entry only while size and ETag still
+    match), and the empty directories; keep_dirs (merge) keeps those it had."""
+    entries: dict[str, dict] = {}
+    for rel, obj in remote.files.items():
+        if obj.sha256 and rel not in deleted and rel not in uploaded:
+            entries[rel] = {"size": obj.size, "sha256": obj.sha256, "etag": obj.etag, "mtime_ns": obj.mtime_ns}
+    for rel, (sha, etag, size, mtime_ns) in uploaded.items():
+        entries[rel] = {"size": size, "sha256": sha, "etag": etag, "mtime_ns": mtime_ns}
+    dirs = sorted(set(empty_dirs))
+    if keep_dirs and remote.manifest:
+        dirs = sorted(set(dirs) | set(remote.manifest_dirs))
+    old = remote.manifest or {}
+    if old.get("files") == entries and sorted(old.get("dirs") or []) == dirs:
+        return None
+    return {
+        "format": MANIFEST_FORMAT,
+        "version": 1,
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": entries,
+        "dirs": dirs,
+    }
+
+
+def manifest_body(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")

@@ -5,14 +5,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from typing import Any
 
 from ansible.module_utils.reefguide.checksums import hash_file, stat_key
 from ansible.module_utils.reefguide.local_tree import LocalFile, scan_source
-from ansible.module_utils.reefguide.manifest import MANIFEST_FORMAT, RemoteState
+from ansible.module_utils.reefguide.manifest import RemoteState, manifest_body, manifest_doc
 from ansible.module_utils.reefguide.s3_client import FileBody, parse_xml
 from ansible.module_utils.reefguide.s3_errors import S3Error, TransientError
 from ansible.module_utils.reefguide.sync_common import (
@@ -63,7 +62,7 @@ class PushSync:
                 runner.submit(self._upload, lf, runner, uploaded)
             runner.wait()
         except BaseException:
-            self._partial_manifest(files, remote, uploaded, empty_dirs)
+            self._partial_manifest(remote, uploaded, empty_dirs)
             raise
         finally:
             runner.shutdown()
@@ -71,17 +70,15 @@ class PushSync:
             self.progress.set_phase("deleting")
             self.client.delete_objects([self._key(rel) for rel in plan.delete])
             self.deleted = len(plan.delete)
-        self._write_manifest(files, remote, uploaded, empty_dirs, final=True)
+        self._write_manifest(remote, uploaded, empty_dirs, final=True)
 
-    def _partial_manifest(
-        self, files: dict[str, LocalFile], remote: RemoteState, uploaded: dict, empty_dirs: list[str]
-    ) -> None:
+    def _partial_manifest(self, remote: RemoteState, uploaded: dict, empty_dirs: list[str]) -> None:
         """After a failed push, record what did get uploaded so the re-run
         does not need a HEAD for it. Best effort: the failure is what counts."""
         if not uploaded:
             return
         try:
-            self._write_manifest(files, remote, uploaded, empty_dirs, final=False)
+            self._write_manifest(remote, uploaded, empty_dirs, final=False)
         except (S3Error, TransientError, SyncError) as exc:
             self.warnings.append("could not update the manifest after the failure: %s" % exc)
 
@@ -170,37 +167,17 @@ class PushSync:
 
     def _write_manifest(
         self,
-        files: dict[str, LocalFile],
         remote: RemoteState,
         uploaded: dict[str, tuple[str, str, int, int]],
         empty_dirs: list[str],
         final: bool,
     ) -> None:
-        """The manifest lists every object under the prefix whose SHA-256 is
-        known, keyed by relative path, with the ETag it was computed for (a
-        reader trusts an entry only while size and ETag still match). It is
-        rewritten only when its content changes."""
-        entries: dict[str, dict] = {}
+        """Writes the manifest (manifest.manifest_doc) when its content changes."""
         deleted = set(self.plan.delete) if final else set()
-        for rel, obj in remote.files.items():
-            if obj.sha256 and rel not in deleted and rel not in uploaded:
-                entries[rel] = {"size": obj.size, "sha256": obj.sha256, "etag": obj.etag, "mtime_ns": obj.mtime_ns}
-        for rel, (sha, etag, size, mtime_ns) in uploaded.items():
-            entries[rel] = {"size": size, "sha256": sha, "etag": etag, "mtime_ns": mtime_ns}
-        dirs = sorted(set(empty_dirs))
-        if self.opts.mode == "merge" and remote.manifest:
-            dirs = sorted(set(dirs) | set(remote.manifest_dirs))
-        old = remote.manifest or {}
-        if old.get("files") == entries and sorted(old.get("dirs") or []) == dirs:
+        doc = manifest_doc(remote, uploaded, empty_dirs, deleted, keep_dirs=self.opts.mode == "merge")
+        if doc is None:
             return
-        doc = {
-            "format": MANIFEST_FORMAT,
-            "version": 1,
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "files": entries,
-            "dirs": dirs,
-        }
-        body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
+        body = manifest_body(doc)
         sha = hashlib.sha256(body).hexdigest()
         headers = {"content-type": "application/json"}
         if self.opts.sse:
