@@ -9,7 +9,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from ansible.module_utils.reefguide.sync_common import (
     MANIFEST_NAME,
@@ -29,6 +29,23 @@ class LocalFile:
     ino: int
     ctime_ns: int
     kind: str = "file"  # file | link | other (other kinds only in a pull destination)
+
+
+class SourceTree(NamedTuple):
+    """What scan_source() found."""
+
+    files: dict[str, LocalFile]  # rel -> file to push
+    empty: list[str]  # directories with nothing to push below them
+    warnings: list[str]
+
+
+class DestTree(NamedTuple):
+    """What scan_dest() found."""
+
+    files: dict[str, LocalFile]  # rel -> file, link or other entry (not a directory)
+    dirs: set[str]  # real directories
+    keep: set[str]  # directories that hold excluded entries
+    temporaries: list[str]  # of earlier, interrupted runs
 
 
 class Matcher:
@@ -65,7 +82,7 @@ def _readable(path: str, st: os.stat_result) -> bool:
     return os.access(path, os.R_OK)
 
 
-def scan_source(root: str, excluded: Matcher) -> tuple[dict[str, LocalFile], list[str], list[str]]:
+def scan_source(root: str, excluded: Matcher) -> SourceTree:
     """Files to push below root (or root itself when it is a file), the empty
     directories, and warnings. Symlinks whose target is inside root are
     followed; one that escapes root, dangles or loops is an error."""
@@ -85,7 +102,7 @@ def scan_source(root: str, excluded: Matcher) -> tuple[dict[str, LocalFile], lis
         if not _readable(root, st):
             raise LocalFileError("cannot read %s: permission denied" % root)
         files[name] = LocalFile(name, root, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-        return files, empty, warnings
+        return SourceTree(files, empty, warnings)
     if not stat.S_ISDIR(st.st_mode):
         raise LocalFileError("local path %s is neither a file nor a directory" % root)
     real_root = os.path.realpath(root)
@@ -151,10 +168,10 @@ def scan_source(root: str, excluded: Matcher) -> tuple[dict[str, LocalFile], lis
         return found
 
     walk(root, "")
-    return files, empty, warnings
+    return SourceTree(files, empty, warnings)
 
 
-def scan_dest(root: str, excluded: Matcher) -> tuple[dict[str, LocalFile], set[str], set[str], list[str]]:
+def scan_dest(root: str, excluded: Matcher) -> DestTree:
     """What a pull destination holds, symlinks never followed: entries
     (files, links, others), real directories, directories that must stay
     because they hold excluded entries, and temporaries of earlier runs."""
@@ -163,7 +180,7 @@ def scan_dest(root: str, excluded: Matcher) -> tuple[dict[str, LocalFile], set[s
     keep: set[str] = set()
     temporaries: list[str] = []
     if not os.path.lexists(root):
-        return files, dirs, keep, temporaries
+        return DestTree(files, dirs, keep, temporaries)
     if not os.path.isdir(root):
         raise LocalFileError("destination %s exists and is not a directory" % root)
     stack = [("", root)]
@@ -191,4 +208,4 @@ def scan_dest(root: str, excluded: Matcher) -> tuple[dict[str, LocalFile], set[s
                 continue
             kind = "file" if stat.S_ISREG(st.st_mode) else "link" if stat.S_ISLNK(st.st_mode) else "other"
             files[rel] = LocalFile(rel, entry.path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, kind)
-    return files, dirs, keep, temporaries
+    return DestTree(files, dirs, keep, temporaries)

@@ -13,7 +13,13 @@ import time
 from typing import Any, Callable, Optional
 
 from ansible.module_utils.reefguide.aws import aws_session, resolve_endpoint
-from ansible.module_utils.reefguide.checksums import ChecksumCache, default_cache_path, file_key, local_sha256
+from ansible.module_utils.reefguide.checksums import (
+    CacheEntry,
+    ChecksumCache,
+    default_cache_path,
+    file_key,
+    local_sha256,
+)
 from ansible.module_utils.reefguide.credentials import environment_credentials
 from ansible.module_utils.reefguide.local_tree import LocalFile, Matcher
 from ansible.module_utils.reefguide.manifest import RemoteObject, RemoteState, read_remote
@@ -22,7 +28,7 @@ from ansible.module_utils.reefguide.progress import Progress
 from ansible.module_utils.reefguide.s3_client import S3Client
 from ansible.module_utils.reefguide.sync_common import SyncError, is_sha, normalise_prefix, parse_mtime_header
 from ansible.module_utils.reefguide.sync_options import SyncOptions, validate_options
-from ansible.module_utils.reefguide.sync_plan import Plan, check_max_delete
+from ansible.module_utils.reefguide.sync_plan import Differ, Pair, Plan, known_verdict
 from ansible.module_utils.reefguide.sync_pull import PullSync
 from ansible.module_utils.reefguide.sync_push import PushSync
 from ansible.module_utils.reefguide.transfers import Runner
@@ -131,22 +137,25 @@ class Sync(PushSync, PullSync):
             return sha
         return None
 
+    def _cached(self, lf: LocalFile) -> Optional[CacheEntry]:
+        return self.cache.lookup(lf.rel, file_key(lf)) if self.cache else None
+
+    def _differ(self, seen: set[str]) -> Differ:
+        """The planners' comparison: from the moment it starts, the cache keeps
+        the entries of seen (and only those) when the run ends."""
+
+        def differ(pairs: list[Pair]) -> list[bool]:
+            self.seen = seen
+            self.progress.set_phase("comparing")
+            return self._compare(pairs)
+
+        return differ
+
     def _compare(self, pairs: list[tuple[LocalFile, RemoteObject]]) -> list[bool]:
         """For each (local, remote) pair: True when the contents differ.
         Cheap answers first; hashing and HEADs run in the pool."""
-        result: list[Optional[bool]] = []
-        slow: list[int] = []
-        for i, (lf, obj) in enumerate(pairs):
-            if lf.kind != "file" or lf.size != obj.size:
-                result.append(True)
-                continue
-            entry = self.cache.lookup(lf.rel, file_key(lf)) if self.cache else None
-            if entry and entry.etag and entry.etag == obj.etag:
-                result.append(False)  # this exact object was synced from/to this exact file
-                obj.sha256 = obj.sha256 or entry.sha256
-                continue
-            result.append(None)
-            slow.append(i)
+        result = [known_verdict(lf, obj, self._cached) for lf, obj in pairs]
+        slow = [i for i, verdict in enumerate(result) if verdict is None]
         if slow:
             runner = Runner(self.opts.concurrency)
 
@@ -213,9 +222,6 @@ class Sync(PushSync, PullSync):
         state = box["remote"]
         self.warnings.extend(state.warnings)
         return local, state
-
-    def _check_max_delete(self) -> None:
-        check_max_delete(self.plan, self.opts.max_delete)
 
     def _key(self, rel: str) -> str:
         return self.prefix + "/" + rel if self.prefix else rel

@@ -20,12 +20,11 @@ from ansible.module_utils.reefguide.sync_common import (
     LocalFileError,
     SyncError,
     is_sha,
-    parent_dirs,
     parse_mtime_header,
     thread_buffer,
     tmp_name,
 )
-from ansible.module_utils.reefguide.sync_plan import spread_over_dirs
+from ansible.module_utils.reefguide.sync_plan import plan_pull
 from ansible.module_utils.reefguide.transfers import RangedDownload, Runner, discard, pwrite_all, write_all
 
 
@@ -33,64 +32,19 @@ class PullSync:
     """The pull half of Sync (a mixin: the state it uses is set up by Sync)."""
 
     def _pull(self) -> None:
-        (local, local_dirs, keep_dirs, temporaries), remote = self._scan_both(
-            lambda: scan_dest(self.root, self.excluded)
+        dest, remote = self._scan_both(lambda: scan_dest(self.root, self.excluded))
+        seen = {rel for rel, lf in dest.files.items() if rel in remote.files and lf.kind == "file"}
+        plan, downloads = plan_pull(
+            dest,
+            remote,
+            self._differ(seen),
+            mirror=self.opts.mode == "mirror",
+            max_delete=self.opts.max_delete,
+            excluded=self.excluded,
+            root_exists=os.path.isdir(self.root),
+            where=("s3://%s/%s" % (self.opts.bucket, self.prefix), self.root),
+            plan=self.plan,
         )
-        if remote.bad:
-            raise SyncError(
-                "refusing to pull s3://%s/%s: %d key(s) cannot be stored safely below %s: %s"
-                % (self.opts.bucket, self.prefix, len(remote.bad), self.root, "; ".join(remote.bad[:10]))
-            )
-        conflicts = [rel for rel in remote.files if any(d in remote.files for d in parent_dirs(rel))]
-        if conflicts:
-            raise SyncError(
-                "keys under s3://%s/%s are both a file and a directory (e.g. %r): cannot pull them"
-                % (self.opts.bucket, self.prefix, conflicts[0])
-            )
-        mirror = self.opts.mode == "mirror"
-        needed_dirs: set[str] = set()
-        for rel in list(remote.files) + sorted(remote.markers) + remote.manifest_dirs:
-            needed_dirs.update(parent_dirs(rel))
-        needed_dirs.update(remote.markers)
-        needed_dirs.update(remote.manifest_dirs)
-        needed_dirs = {d for d in needed_dirs if not self.excluded(d)}
-        plan = self.plan
-        plan.temporaries = sorted(temporaries)
-
-        # local entries in the way of a needed directory, directories in the
-        # way of a file: mirror replaces them, merge refuses
-        blocking = sorted(d for d in needed_dirs if d in local)
-        dir_in_way = sorted(rel for rel in remote.files if rel in local_dirs)
-        if (blocking or dir_in_way) and not mirror:
-            what = blocking[0] if blocking else dir_in_way[0]
-            kind = local[what].kind if what in local else "directory"
-            raise SyncError(
-                "%s exists in %s as a %s where the bucket has %s; "
-                "use mode: mirror to replace it, or move it away"
-                % (what, self.root, "symlink" if kind == "link" else kind, "a directory" if blocking else "a file")
-            )
-
-        self.seen = {rel for rel, lf in local.items() if rel in remote.files and lf.kind == "file"}
-        self.progress.set_phase("comparing")
-        both = [(local[rel], remote.files[rel]) for rel in sorted(remote.files) if rel in local]
-        differs = dict(zip([lf.rel for lf, _ in both], self._compare(both)))
-        downloads = spread_over_dirs([obj for rel, obj in sorted(remote.files.items()) if differs.get(rel, True)])
-        plan.transfer = [(o.rel, o.size) for o in downloads]
-        plan.skip_files = len(remote.files) - len(downloads)
-        plan.skip_bytes = sum(o.size for o in remote.files.values()) - sum(o.size for o in downloads)
-        if mirror:
-            plan.delete = sorted(rel for rel in local if rel not in remote.files)
-            plan.delete_bytes = sum(local[rel].size for rel in plan.delete)
-            self._check_max_delete()
-            kept = keep_dirs | needed_dirs
-            for rel, _lf in local.items():
-                if rel in remote.files:
-                    kept.update(parent_dirs(rel))
-            plan.dirs_remove = sorted((d for d in local_dirs if d not in kept), key=lambda d: (-d.count("/"), d))
-        remaining_dirs = local_dirs - set(plan.dirs_remove)
-        plan.dirs_create = sorted(d for d in needed_dirs if d not in remaining_dirs)
-        if not os.path.isdir(self.root):
-            plan.dirs_create.insert(0, ".")
         if self.opts.dry_run:
             return
 

@@ -20,8 +20,8 @@ from ansible.module_utils.reefguide.sync_common import (
     LocalFileError,
     SyncError,
     mtime_header,
-    parent_dirs,
 )
+from ansible.module_utils.reefguide.sync_plan import plan_push
 from ansible.module_utils.reefguide.transfers import MultipartUpload, Runner, part_ranges
 
 
@@ -29,27 +29,12 @@ class PushSync:
     """The push half of Sync (a mixin: the state it uses is set up by Sync)."""
 
     def _push(self) -> None:
-        (files, empty_dirs, warnings), remote = self._scan_both(lambda: scan_source(self.root, self.excluded))
-        self.warnings.extend(warnings)
-        self.seen = set(files)
-        self.progress.set_phase("comparing")
-        both = [(files[rel], remote.files[rel]) for rel in sorted(files) if rel in remote.files]
-        differs = dict(zip([lf.rel for lf, _ in both], self._compare(both)))
-        uploads = [files[rel] for rel in sorted(files) if differs.get(rel, rel not in remote.files)]
-        # biggest first: long transfers start early, small files fill the gaps
-        uploads.sort(key=lambda lf: -lf.size)
-        plan = self.plan
-        plan.transfer = [(lf.rel, lf.size) for lf in uploads]
-        plan.skip_files = len(files) - len(uploads)
-        plan.skip_bytes = sum(lf.size for lf in files.values()) - sum(lf.size for lf in uploads)
-        if self.opts.mode == "mirror":
-            extra = [rel for rel in remote.files if rel not in files]
-            local_dirs = set(empty_dirs)
-            for rel in files:
-                local_dirs.update(parent_dirs(rel))
-            plan.delete = sorted(extra) + sorted(d + "/" for d in remote.markers if d not in local_dirs)
-            plan.delete_bytes = sum(remote.files[rel].size for rel in extra)
-            self._check_max_delete()
+        src, remote = self._scan_both(lambda: scan_source(self.root, self.excluded))
+        self.warnings.extend(src.warnings)
+        files, empty_dirs = src.files, src.empty
+        plan, uploads = plan_push(
+            src, remote, self._differ(set(files)), self.opts.mode == "mirror", self.opts.max_delete, self.plan
+        )
         if self.opts.dry_run:
             return
         self.progress.files_total = len(uploads)
