@@ -57,7 +57,7 @@ def human(n: float) -> str:
     return "%d B" % n  # pragma: no cover
 
 
-# -- shapes (DESIGN.md / issue 5): full sizes, and --quick ones for smoke runs
+# -- shapes (docs/architecture.md, "S3 engine" / issue 5): full sizes, and --quick ones for smoke runs
 
 def small_set(scale: str) -> DataSet:
     """5,000 x 8 KiB in nested folders (10 x 10 folders of 50 files)."""

@@ -1,6 +1,6 @@
 """The S3 endpoint of the benchmark: `rclone serve s3` on a free loopback
-port, serving a scratch directory (DESIGN.md section 3: moto is too slow to
-measure anything but itself).
+port, serving a scratch directory (docs/architecture.md, "S3 engine": moto
+is too slow to measure anything but itself).
 
 Buckets are the top-level directories of the scratch directory and keys are
 paths below them, so what a push wrote can be checked on disk. Object

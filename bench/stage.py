@@ -4,8 +4,9 @@ one-file stage and of the mixed set's stage, the SSM sessions each opened
 the playbook's summary. An identical re-run of each is measured too: it
 should open no session and start no instance.
 
-The lab is moto, not S3: its transfers are moto's speed (DESIGN.md section 3),
-so these figures say how the playbook spends its time, not how fast S3 is.
+The lab is moto, not S3: its transfers are moto's speed (docs/architecture.md,
+"S3 engine"), so these figures say how the playbook spends its time, not how
+fast S3 is.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@ lab; the engine's memory grows with the file count only by its index (a few
 KB per file) and not at all with a 5 GiB file (peak RSS from wait4(),
 bounded by concurrency x buffer, not by data).
 
-The memory figures are a ceiling the design promises (DESIGN.md: part size x
-concurrency), not a speed measurement; speed is bench/'s business."""
+The memory figures are a ceiling the design promises (docs/architecture.md,
+"S3 engine": part size x concurrency), not a speed measurement; speed is
+bench/'s business."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-# Facts of the ReefGuide CloudFormation stack (DESIGN.md §2), free of Ansible
-# imports so the lab can load this file too.
+# Facts of the ReefGuide CloudFormation stack (docs/architecture.md), free of
+# Ansible imports so the lab can load this file too.
 
 from __future__ import annotations
 
