@@ -151,7 +151,7 @@ class Sync(PushSync, PullSync):
 
         return differ
 
-    def _compare(self, pairs: list[tuple[LocalFile, RemoteObject]]) -> list[bool]:
+    def _compare(self, pairs: list[Pair]) -> list[bool]:
         """For each (local, remote) pair: True when the contents differ.
         Cheap answers first; hashing and HEADs run in the pool."""
         result = [known_verdict(lf, obj, self._cached) for lf, obj in pairs]
