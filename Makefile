@@ -18,7 +18,7 @@ test: setup
 	@scripts/test.sh
 
 lint: setup
-	@$(VENV)/ruff check library module_utils lab tests bench
+	@$(VENV)/ruff check library module_utils lab tests bench scripts/reefguide-sync
 	@$(VENV)/ansible-lint -q
 
 bench: setup

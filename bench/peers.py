@@ -26,7 +26,8 @@ from datasets import MANIFEST_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-ENGINE = ROOT / "module_utils" / "reefguide_sync.py"
+ENGINE = ROOT / "scripts" / "reefguide-sync"
+ENGINE_CLI = ROOT / "module_utils" / "reefguide" / "sync_cli.py"  # what the script runs
 MODULE = ROOT / "library" / "s3_sync.py"
 REGION = "us-east-1"
 
@@ -177,14 +178,14 @@ def ours_argv(t: Target, ep: Endpoint) -> list[str]:
 
 def ours_missing() -> Optional[str]:
     if not ENGINE.is_file():
-        return "module_utils/reefguide_sync.py does not exist yet"
-    if not re.search(r"^def main\(", ENGINE.read_text(), re.M):
-        return "module_utils/reefguide_sync.py has no command line (main) yet"
+        return "scripts/reefguide-sync does not exist"
+    if not ENGINE_CLI.is_file() or not re.search(r"^def main\(", ENGINE_CLI.read_text(), re.M):
+        return "module_utils/reefguide/sync_cli.py has no command line (main)"
     return None
 
 
 def ours_version() -> str:
-    return "module_utils/reefguide_sync.py (python %s)" % sys.version.split()[0]
+    return "scripts/reefguide-sync (python %s)" % sys.version.split()[0]
 
 
 # -- ours through Ansible: `ansible localhost -m s3_sync`, the module's overhead

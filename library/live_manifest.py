@@ -104,15 +104,9 @@ from ansible.module_utils.reefguide.aws import (
     read_json_object,
     require_boto3,
 )
-from ansible.module_utils.reefguide_sync import (
-    ChecksumCache,
-    LocalFileError,
-    Matcher,
-    _file_key,
-    default_cache_path,
-    hash_file,
-    scan_source,
-)
+from ansible.module_utils.reefguide.checksums import ChecksumCache, default_cache_path, local_sha256
+from ansible.module_utils.reefguide.local_tree import Matcher, scan_source
+from ansible.module_utils.reefguide.sync_common import LocalFileError
 
 
 def read_record(s3: Any, bucket: str, key: str) -> dict[str, Any]:
@@ -129,12 +123,7 @@ def local_manifest(path: str) -> dict[str, tuple[int, str]]:
     cache = ChecksumCache(default_cache_path(path), path)
     out: dict[str, tuple[int, str]] = {}
     for rel, lf in files.items():
-        key = _file_key(lf)
-        hit = cache.lookup(rel, key)
-        if hit:
-            out[rel] = (lf.size, hit[4])
-        else:
-            out[rel] = (lf.size, hash_file(lf.path).hexdigest())
+        out[rel] = (lf.size, local_sha256(lf, cache)[0])
     return out
 
 

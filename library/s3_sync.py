@@ -2,7 +2,7 @@
 # -*- coding: utf-8 -*-
 # Ansible module: incremental, verified sync between a local directory and
 # s3://bucket/prefix, in either direction. The engine is
-# module_utils/reefguide_sync.py; this file maps parameters and results.
+# module_utils/reefguide/sync.py and its siblings; this file maps parameters and results.
 
 from __future__ import annotations
 
@@ -315,7 +315,9 @@ summary:
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.reefguide.aws import AWS_COMMON_ARGS, describe_error, error_code, require_boto3
 from ansible.module_utils.reefguide.paths import UnsafePathError
-from ansible.module_utils.reefguide_sync import Sync, SyncError, SyncOptions, parse_size, summary
+from ansible.module_utils.reefguide.sync import Sync, summary
+from ansible.module_utils.reefguide.sync_common import SyncError, parse_size
+from ansible.module_utils.reefguide.sync_options import SyncOptions
 
 
 def argument_spec() -> dict:

@@ -182,7 +182,7 @@ def test_a_stall_past_the_socket_timeout_ends_in_a_retry(flaky: Lab) -> None:
     (read_timeout 60): a request held past the timeout is abandoned and retried. Shown with the
     timeout at 1 s and a 6 s stall, for the first two attempts only."""
     from ansible.module_utils.reefguide.aws import client_config
-    from ansible.module_utils.reefguide_sync import S3Client
+    from ansible.module_utils.reefguide.s3_client import S3Client
 
     moto(flaky).put_object(Bucket=flaky.bucket, Key="faults/stall.txt", Body=b"held, then answered")
     match = "^GET /%s/faults/stall.txt$" % re.escape(flaky.bucket)

@@ -3,8 +3,9 @@ lab; the engine's memory grows with the file count only by its index (a few
 KB per file) and not at all with a 5 GiB file (peak RSS from wait4(),
 bounded by concurrency x buffer, not by data).
 
-The memory figures are a ceiling the design promises (docs/architecture.md, "The S3 engine": part size x
-concurrency), not a speed measurement; speed is bench/'s business."""
+The memory figures are a ceiling the design promises (docs/architecture.md,
+"S3 engine": part size x concurrency), not a speed measurement; speed is
+bench/'s business."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from endpoint import S3Server  # noqa: E402
 from peers import base_env  # noqa: E402
 
-ENGINE = ROOT / "module_utils" / "reefguide_sync.py"
+ENGINE = ROOT / "scripts" / "reefguide-sync"
 MiB = 1024 * 1024
 RSS_CEILING_MB = 200  # issue 5's bound while moving 256 MiB files; holds for 5 GiB too
 

@@ -1,7 +1,7 @@
 """s3_sync: push and pull between a local tree and s3://bucket/prefix.
 
 Behaviour tests run the module through ansible (tests/helpers.run_module);
-finer ones call the engine (module_utils/reefguide_sync.py) directly. The S3
+finer ones call the engine (module_utils/reefguide/sync*.py) directly. The S3
 endpoints are a moto server (what the lab uses) and, for names moto cannot
 route (a newline in a key), rclone's S3 server, which also checks every
 request's SigV4 signature. Both are started here on loopback and stopped by
@@ -29,19 +29,15 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import boto3
 import pytest
-from ansible.module_utils.reefguide_sync import (
-    MANIFEST_NAME,
-    TMP_RE,
-    S3Client,
-    Sync,
-    SyncError,
-    SyncOptions,
-)
+from ansible.module_utils.reefguide.s3_client import S3Client
+from ansible.module_utils.reefguide.sync import Sync
+from ansible.module_utils.reefguide.sync_common import MANIFEST_NAME, TMP_RE, SyncError
+from ansible.module_utils.reefguide.sync_options import SyncOptions
 
 from helpers import ROOT, VENV_BIN, run_module
 
 MiB = 1024 * 1024
-ENGINE = ROOT / "module_utils" / "reefguide_sync.py"
+ENGINE = ROOT / "scripts" / "reefguide-sync"
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
 
 # Names that break shell-built commands, URL encoding or XML.

@@ -1,17 +1,13 @@
-# Path safety and checksums shared by the modules that write to EFS or S3.
+# Path safety and sizes shared by the modules that write to EFS or S3.
 # Every relative path that comes from outside (an S3 key, a 'dest' variable, a
 # manifest) goes through safe_relpath() before it is joined to a root, and
 # every removal goes through is_within() so nothing outside a root is touched.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
-from collections.abc import Iterable
-from typing import BinaryIO, Optional
-
-CHUNK = 1024 * 1024
+from typing import Optional
 
 
 class UnsafePathError(ValueError):
@@ -59,21 +55,6 @@ def parents_within(root: str, path: str) -> bool:
     return is_within(root, os.path.dirname(path))
 
 
-def sha256_file(path: str, chunk: int = CHUNK) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sha256_stream(fh: BinaryIO, chunk: int = CHUNK) -> str:
-    h = hashlib.sha256()
-    for block in iter(lambda: fh.read(chunk), b""):
-        h.update(block)
-    return h.hexdigest()
-
-
 def tree_size(root: str) -> tuple[int, int]:
     """(files, bytes) below root, symlinks not followed."""
     files = total = 0
@@ -97,12 +78,3 @@ def human_bytes(n: Optional[float]) -> str:
             return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
         n /= 1024.0
     return "%s" % n
-
-
-def first(items: Iterable[str], n: int = 20) -> list[str]:
-    out = []
-    for item in items:
-        if len(out) >= n:
-            break
-        out.append(item)
-    return out
