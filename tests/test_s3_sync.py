@@ -534,16 +534,24 @@ def test_push_follows_inner_symlinks_and_refuses_escaping_ones(moto: Server, tmp
 def test_push_names_an_unreadable_file(moto: Server) -> None:
     """Run as 'nobody' (root reads everything) with the system python; the
     file it cannot read is named before anything is uploaded."""
-    base = Path(tempfile.mkdtemp(prefix="s3sync-nobody-"))
+    # Everything nobody touches, the engine included, is copied under /tmp: the checkout (and
+    # $TMPDIR) may sit in a directory other users cannot enter.
+    base = Path(tempfile.mkdtemp(prefix="s3sync-nobody-", dir="/tmp"))
     try:
         base.chmod(0o755)
+        engine_copy = base / "engine"
+        shutil.copytree(ROOT / "module_utils" / "reefguide", engine_copy / "module_utils" / "reefguide")
+        (engine_copy / "scripts").mkdir()
+        shutil.copy2(ENGINE, engine_copy / "scripts" / ENGINE.name)
+        for d in [engine_copy, *engine_copy.rglob("*")]:
+            d.chmod(0o755 if d.is_dir() else 0o644)
         src = make_tree(base / "src", ["ok.txt", "locked.txt"])
         (src / "locked.txt").chmod(0o000)
         cache = base / "cache"
         cache.mkdir(mode=0o777)
         cache.chmod(0o777)
         bucket = moto.new_bucket()
-        argv = ["runuser", "-u", "nobody", "--", "/usr/bin/python3", str(ENGINE), "push", str(src),
+        argv = ["runuser", "-u", "nobody", "--", "/usr/bin/python3", str(engine_copy / "scripts" / ENGINE.name), "push", str(src),
                 "s3://%s/data" % bucket, "--endpoint-url", moto.endpoint]  # fmt: skip
         env = dict(os.environ, **CREDS, HOME=str(base), XDG_CACHE_HOME=str(cache))
         proc = subprocess.run(argv, env=env, capture_output=True, text=True)
