@@ -50,14 +50,20 @@ def timeline(t: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _instance_line(t: dict[str, Any]) -> Optional[str]:
+def _instance_line(t: dict[str, Any], power: dict[str, Any]) -> Optional[str]:
+    """What became of the instance, told from what the run itself did to it."""
     asked = _num(t.get("power_requested"))
     if asked is None:
         return None
     stopped = _num(t.get("power_stopped"))
-    end = stopped if stopped is not None else (_num(t.get("now")) or asked)
-    note = "" if stopped is not None else " (left running: it was running before)"
-    return "Instance: %d s from start request to stop%s" % (round(end - asked), note)
+    if stopped is not None:
+        return "Instance: %d s from start request to stop" % round(stopped - asked)
+    seconds = round((_num(t.get("now")) or asked) - asked)
+    if power.get("started_by_run") is False:
+        return "Instance: %d s since the start request (left running: it was running before)" % seconds
+    if (power.get("restore") or {}).get("state_before") == "stopped":
+        return "Instance: %d s from start request; it was already stopped when the run put it back" % seconds
+    return "Instance: %d s since the start request; NOT stopped by this run: stop it with teardown.yml" % seconds
 
 
 def _usage_line(usage: dict[str, Any], price: float) -> Optional[str]:
@@ -71,6 +77,16 @@ def _usage_line(usage: dict[str, Any], price: float) -> Optional[str]:
         "" if usage.get("complete", True) else " (at least: the count stopped at its time budget)")
 
 
+def _release_line(run: dict[str, Any], stage: dict[str, Any], request: dict[str, Any]) -> str:
+    line = "Release %s is live (previous: %s)." % (stage["release_id"], stage.get("previous_release_id") or "none")
+    if not stage.get("previous_release_id"):
+        return line + " There is no earlier release to roll back to."
+    if int(run.get("keep", 1) or 0) == 0:
+        return line + " keep=0: the previous release was not kept, so there is nothing to roll back to."
+    return line + " Roll back with: ansible-playbook rollback.yml -l %s -e dest=%s" % (run.get("host"),
+                                                                                    request.get("dest"))
+
+
 def _outcome_line(run: dict[str, Any]) -> str:
     request = run.get("request") or {}
     if run.get("failure"):
@@ -78,8 +94,11 @@ def _outcome_line(run: dict[str, Any]) -> str:
     if run.get("nothing_to_do"):
         return ("Nothing to do: %s already holds this data (release %s); nothing uploaded, the instance was "
                 "not started." % (request.get("dest"), (run.get("live") or {}).get("release_id") or "?"))
+    what = request.get("upload_path")
+    if request.get("src_kind") == "archive":
+        what = "%s (archive, unpacked on the controller)" % run.get("src")
     return "%s %s -> EFS:%s (mode %s)" % ("Would stage" if run.get("check_mode") else "Staged",
-                                          request.get("upload_path"), request.get("dest"), request.get("mode"))
+                                          what, request.get("dest"), request.get("mode"))
 
 
 def stage_summary(run: dict[str, Any]) -> list[str]:
@@ -91,7 +110,7 @@ def stage_summary(run: dict[str, Any]) -> list[str]:
     if run.get("check_mode"):
         lines.append("CHECK MODE: nothing was changed. The instance is not started by a check run, so EFS was "
                      "not inspected; the plan compares src with the record of what is live.")
-    if run.get("failure") and upload:
+    if run.get("failure") and _files(upload, "transferred") + _files(upload, "skipped"):
         lines.append("Uploads kept at s3://%s/%s: a re-run sends only what is missing; teardown.yml removes them"
                      % (dep.get("bucket"), request.get("run_prefix")))
     lines.append(_outcome_line(run))
@@ -109,11 +128,9 @@ def stage_summary(run: dict[str, Any]) -> list[str]:
             _files(pull, "transferred"), _bytes(pull, "transferred"), _files(pull, "skipped"),
             _files(pull, "deleted")))
     if stage.get("release_id"):
-        lines.append("Release %s is live (previous: %s). Roll back with: ansible-playbook rollback.yml -l %s -e dest=%s"
-                     % (stage["release_id"], stage.get("previous_release_id") or "none", run.get("host"),
-                        request.get("dest")))
+        lines.append(_release_line(run, stage, request))
     times = run.get("times") or {}
-    lines += [line for line in (_instance_line(times),) if line]
+    lines += [line for line in (_instance_line(times, run.get("power") or {}),) if line]
     lines.append("Timeline (seconds from the start of the run): " + timeline(times))
     usage = _usage_line(stage.get("usage") or {}, float(run.get("price_per_gb_month") or 0))
     if usage:

@@ -551,7 +551,8 @@ def test_push_names_an_unreadable_file(moto: Server) -> None:
         cache.mkdir(mode=0o777)
         cache.chmod(0o777)
         bucket = moto.new_bucket()
-        argv = ["runuser", "-u", "nobody", "--", "/usr/bin/python3", str(engine_copy / "scripts" / ENGINE.name), "push", str(src),
+        script = engine_copy / "scripts" / ENGINE.name
+        argv = ["runuser", "-u", "nobody", "--", "/usr/bin/python3", str(script), "push", str(src),
                 "s3://%s/data" % bucket, "--endpoint-url", moto.endpoint]  # fmt: skip
         env = dict(os.environ, **CREDS, HOME=str(base), XDG_CACHE_HOME=str(cache))
         proc = subprocess.run(argv, env=env, capture_output=True, text=True)

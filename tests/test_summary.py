@@ -66,10 +66,41 @@ def test_a_failure_says_where_the_uploads_are_kept() -> None:
             "teardown.yml removes them") in lines
 
 
-def test_an_instance_not_stopped_by_the_run_is_said_to_be_left_running() -> None:
-    times = dict(staged_run()["times"], power_stopped=None)
-    line = [x for x in stage_summary(staged_run(times=times)) if x.startswith("Instance:")][0]
-    assert line == "Instance: 13 s from start request to stop (left running: it was running before)"
+def instance_line(**over: object) -> str:
+    return [x for x in stage_summary(staged_run(**over)) if x.startswith("Instance:")][0]
+
+
+def test_the_instance_line_tells_what_the_run_did_to_the_instance() -> None:
+    running = dict(staged_run()["times"], power_stopped=None)
+    assert instance_line(times=running, power={"started_by_run": False}) == (
+        "Instance: 13 s since the start request (left running: it was running before)")
+    # the run started it, and something else had stopped it before the run put it back
+    assert instance_line(times=running, power={"started_by_run": True, "restore": {"state_before": "stopped"}}) == (
+        "Instance: 13 s from start request; it was already stopped when the run put it back")
+    assert instance_line(times=running, power={"started_by_run": True, "restore": {"skipped": True}}) == (
+        "Instance: 13 s since the start request; NOT stopped by this run: stop it with teardown.yml")
+    assert instance_line() == "Instance: 12 s from start request to stop"
+
+
+def test_no_rollback_is_offered_when_there_is_nothing_to_roll_back_to() -> None:
+    lines = stage_summary(staged_run(keep="0"))
+    assert ("Release r2 is live (previous: r1). keep=0: the previous release was not kept, so there is nothing "
+            "to roll back to.") in lines
+    first = dict(staged_run()["stage"], previous_release_id=None)
+    assert "Release r2 is live (previous: none). There is no earlier release to roll back to." in stage_summary(
+        staged_run(stage=first))
+
+
+def test_an_archive_is_named_as_given_not_by_its_unpack_directory() -> None:
+    request = dict(REQUEST, src_kind="archive", upload_path="/tmp/reefguide-efs-run-x/unpacked")
+    lines = stage_summary(staged_run(request=request, src="data.tar.gz"))
+    assert "Staged data.tar.gz (archive, unpacked on the controller) -> EFS:data/reefguide (mode merge)" in lines
+
+
+def test_no_uploads_are_said_to_be_kept_when_none_were_made() -> None:
+    lines = stage_summary(staged_run(failure={"msg": "boom"}, stage={},
+                                     upload={"failed": True, "transferred": {"files": 0}, "skipped": {"files": 0}}))
+    assert not [line for line in lines if line.startswith("Uploads kept")]
 
 
 def test_check_mode_says_nothing_changed() -> None:
