@@ -221,7 +221,7 @@ fstab_changed:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.reefguide_efs import EFS_MOUNT_ARGS, EfsError, run_efs_mount
+from ansible.module_utils.reefguide.mounter import EFS_MOUNT_ARGS, EfsError, run_efs_mount
 
 
 def main() -> None:

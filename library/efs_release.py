@@ -257,7 +257,7 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.reefguide.paths import UnsafePathError
-from ansible.module_utils.reefguide_efs import (
+from ansible.module_utils.reefguide.release import (
     EFS_RELEASE_ARGS,
     EFS_RELEASE_REQUIRED_IF,
     ReleaseError,

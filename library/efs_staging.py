@@ -82,7 +82,7 @@ import stat
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.reefguide.paths import UnsafePathError, parents_within, safe_join, safe_relpath
-from ansible.module_utils.reefguide_efs import nested_release_targets
+from ansible.module_utils.reefguide.releases_store import nested_release_targets
 
 
 def clone(src: str, dst: str, exclude: set[str], rel: str = "") -> tuple[int, int, int]:

@@ -93,13 +93,13 @@ import stat
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.reefguide.fs import tree_size
 from ansible.module_utils.reefguide.paths import (
     UnsafePathError,
     human_bytes,
     parents_within,
     safe_join,
     safe_relpath,
-    tree_size,
 )
 
 

@@ -125,10 +125,10 @@ import tarfile
 import zipfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.reefguide.layout import CACHE
 from ansible.module_utils.reefguide.paths import UnsafePathError, safe_relpath
 
 PRESETS = {"reefguide_data": "data/reefguide", "adria_datapackage": "data/reefguide/adria/datapackages"}
-CACHE = "data/reefguide/cache"
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")
 PACKAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 

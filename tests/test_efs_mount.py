@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible.module_utils.reefguide_efs import (
+from ansible.module_utils.reefguide.mount_table import (
     IdentifyError,
     fstab_entries_for,
     fstab_line,

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible.module_utils.reefguide.layout import target_key
+from ansible.module_utils.reefguide.params import with_defaults
 from ansible.module_utils.reefguide.paths import UnsafePathError
-from ansible.module_utils.reefguide_efs import EFS_RELEASE_ARGS, run_efs_release, target_key, with_defaults
+from ansible.module_utils.reefguide.release import EFS_RELEASE_ARGS, run_efs_release
 
 from helpers import run_module
 

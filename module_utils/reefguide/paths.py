@@ -1,4 +1,4 @@
-# Path safety and sizes shared by the modules that write to EFS or S3.
+# Path safety shared by the modules that write to EFS or S3.
 # Every relative path that comes from outside (an S3 key, a 'dest' variable, a
 # manifest) goes through safe_relpath() before it is joined to a root, and
 # every removal goes through is_within() so nothing outside a root is touched.
@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import os
-import stat
 from typing import Optional
 
 
@@ -53,21 +52,6 @@ def parents_within(root: str, path: str) -> bool:
     it (the last component itself may be a symlink: it is then handled as a
     link, never followed)."""
     return is_within(root, os.path.dirname(path))
-
-
-def tree_size(root: str) -> tuple[int, int]:
-    """(files, bytes) below root, symlinks not followed."""
-    files = total = 0
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for name in filenames:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except FileNotFoundError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                files += 1
-                total += st.st_size
-    return files, total
 
 
 def human_bytes(n: Optional[float]) -> str:

@@ -1,0 +1,146 @@
+# File-system primitives for the modules that change EFS: sizes, deletion, atomic swaps,
+# mkdir -p inside a root. No policy here, so the release engine and teardown measure and
+# delete the same way.
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import shutil
+import stat
+from collections.abc import Iterable, Iterator
+from typing import Optional
+
+from ansible.module_utils.reefguide.paths import UnsafePathError, is_within, parents_within
+
+RENAME_EXCHANGE = 2
+AT_FDCWD = -100
+
+
+def is_real_dir(path: str) -> bool:
+    """A directory that is not a symlink."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def ino(path: str) -> Optional[int]:
+    try:
+        return os.lstat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def entry_state(path: str) -> str:
+    """'absent', 'empty_dir' or 'present' (a symlink counts as present)."""
+    if not os.path.lexists(path):
+        return "absent"
+    if is_real_dir(path) and not os.listdir(path):
+        return "empty_dir"
+    return "present"
+
+
+def nearest_existing(path: str) -> str:
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def make_dirs(base: str, path: str, uid: Optional[int] = None, gid: Optional[int] = None) -> None:
+    """mkdir -p path (mode 0755), refusing to create anything outside base;
+    new directories get uid/gid where given."""
+    missing = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for new in reversed(missing):
+        if not parents_within(base, new):
+            raise UnsafePathError("%s would be created outside %s; refusing" % (new, base))
+        os.mkdir(new, 0o755)
+        if uid is not None or gid is not None:
+            os.chown(new, -1 if uid is None else uid, -1 if gid is None else gid)
+
+
+def regular_files(top: str, skip: Iterable[str] = ()) -> Iterator[os.stat_result]:
+    """lstat of every regular file below top, symlinks not followed; skip:
+    entries ('/'-separated, relative to top) left out with all below them."""
+    skipped = {os.path.join(top, *entry.split("/")) for entry in skip}
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skipped]
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if path in skipped:
+                continue
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                yield st
+
+
+def tree_size(top: str, skip: Iterable[str] = ()) -> tuple[int, int]:
+    """(files, bytes) below top as stored there, a hard-linked file in every
+    place it appears (what a version holds, not what deleting it frees)."""
+    files = total = 0
+    for st in regular_files(top, skip):
+        files += 1
+        total += st.st_size
+    return files, total
+
+
+def remove_tree(root: str, path: str, dry_run: bool = False) -> int:
+    """Delete path (a directory or file below root, never root itself) and
+    return the bytes it held. Refuses anything that resolves outside root;
+    a symlink is removed as a link, never followed (shutil.rmtree does not
+    follow links inside the tree either)."""
+    if not os.path.lexists(path):
+        return 0
+    resolved = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    if not is_within(root, os.path.dirname(path)) or resolved == os.path.realpath(root):
+        raise UnsafePathError("refusing to delete %s: it is not below %s" % (path, root))
+    if os.path.islink(path) or not os.path.isdir(path):
+        size = os.lstat(path).st_size if not os.path.islink(path) else 0
+        if not dry_run:
+            os.unlink(path)
+        return size
+    _files, size = tree_size(path)
+    if not dry_run:
+        shutil.rmtree(path)
+    return size
+
+
+def remove_empty_parents(root: str, path: str) -> list[str]:
+    """rmdir the empty parents of path, upwards, stopping below root."""
+    removed = []
+    parent = os.path.dirname(path)
+    real_root = os.path.realpath(root)
+    while parent != real_root and os.path.realpath(parent) != real_root and is_within(root, parent):
+        try:
+            os.rmdir(parent)
+        except OSError:
+            break
+        removed.append(parent)
+        parent = os.path.dirname(parent)
+    return removed
+
+
+def rename_exchange(a: str, b: str) -> bool:
+    """Swap two paths atomically with renameat2(RENAME_EXCHANGE). False
+    when the kernel, libc or file system does not support it (NFS, and so
+    EFS, does not), so the caller falls back; other errors raise."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    if func(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), a)

@@ -1,0 +1,327 @@
+# efs_release's operations: make a staged version live (release), put a kept one back
+# (rollback), delete releases beyond keep (prune), per target and across the releases area
+# for teardown, plus the module's entry point. The steps they use are in release_target.py.
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from ansible.module_utils.reefguide.fs import entry_state, remove_empty_parents, remove_tree, tree_size
+from ansible.module_utils.reefguide.layout import RELEASES_DIR, key_to_target
+from ansible.module_utils.reefguide.paths import parents_within, safe_relpath
+from ansible.module_utils.reefguide.release_plan import (
+    is_live_from,
+    keep_after_release,
+    keep_after_rollback,
+    overlaps,
+    prune_plan,
+    rollback_choice,
+    rollback_is_done,
+)
+from ansible.module_utils.reefguide.release_target import ReleaseTarget, moved_entries, rel_join
+from ansible.module_utils.reefguide.releases_store import (
+    ReleaseError,
+    check_release_id,
+    load_history,
+    save_history,
+    target_keys,
+    timestamp_id,
+    utc_now,
+)
+
+
+class Release(ReleaseTarget):
+    """One efs_release call on one target: release, roll back or prune."""
+
+    # -- release -------------------------------------------------------------
+
+    def release(self) -> None:
+        if not self.staging:
+            raise ReleaseError("staging is required with state: released")
+        live = self.live()
+        if not os.path.lexists(self.staging):
+            self.already_released(live)
+            return
+        new_id = self.wanted_new_id()
+        retired, out_id, steps = self.plan_outgoing(live, self.staging, new_id)
+        files, size = tree_size(self.staging)
+        live_after = {"release_id": new_id, "released_at": utc_now(), "files": files, "bytes": size,
+                      "source": "staging", "staging": self.staging_rel}
+        kept_before = self.kept_ids()
+        kept_after, doomed = keep_after_release(kept_before, out_id, self.p["keep"])
+        self.result.update(changed=True, release_id=new_id, previous_release_id=out_id)
+        self.set_diff(live, new_id, kept_before, kept_after, doomed)
+        if self.check:
+            self.report_carry(steps)
+            self.result["swap_method"] = self.predicted_swap()
+            self.result["pruned"] = self.predict_prune(doomed, out_id, moved_entries(steps))
+            self.result["chowned"] = self.chown_tree(self.staging)
+        else:
+            self.result["chowned"] = self.chown_tree(self.staging)
+            self.go_live("release", self.staging, new_id, retired, live_after, steps)
+            remove_empty_parents(self.root, self.staging)
+            self.prune()
+        self.result["msg"] = "%s %s live at %s%s (swap: %s)" % (
+            "would make" if self.check else "made", new_id, self.target_rel,
+            (", keeping %s as a release" % out_id) if out_id else "", self.result["swap_method"])
+
+    def wanted_new_id(self) -> str:
+        wanted = self.p["release_id"]
+        if not wanted:
+            return self.new_id(timestamp_id())
+        check_release_id(wanted)
+        if wanted in self.taken_ids():
+            raise ReleaseError("release_id %s is already used for %s (live or kept); choose another"
+                               % (wanted, self.target_rel))
+        return wanted
+
+    def go_live(self, op: str, incoming: str, in_id: str, retired: Optional[dict[str, Any]],
+                live_after: dict[str, Any], steps: list[dict[str, Any]]) -> None:
+        """Journal, carry the entries over, swap, record: the one path that changes what is live."""
+        self.journal(op, incoming, in_id, retired, live_after, moved_entries(steps))
+        self.do_carry(steps, incoming)
+        self.report_carry(steps)
+        retire_to = os.path.join(self.key_dir, retired["release_id"]) if retired else None
+        self.result["swap_method"] = self.swap(incoming, retire_to)
+        self.finish(self.history["pending"])
+
+    def already_released(self, live: Optional[dict[str, Any]]) -> None:
+        if not is_live_from(live, self.p["release_id"], self.staging_rel):
+            raise ReleaseError("staging directory %s does not exist: nothing to release to %s%s" % (
+                self.staging, self.target_rel,
+                (" (live release: %s)" % live["release_id"]) if live else ""))
+        self.result.update(release_id=live["release_id"], previous_release_id=self.previous_id())
+        self.ensure_cache_only()
+        self.keep_and_prune(live)
+        self.result["msg"] = "%s is already live at %s" % (live["release_id"], self.target_rel)
+
+    def ensure_cache_only(self) -> None:
+        """The cache must exist even when nothing is released."""
+        if not self.cache_rel:
+            return
+        path = rel_join(self.target, self.cache_rel)
+        if entry_state(path) != "absent":
+            self.result["cache"] = {"path": path, "action": "unchanged"}
+            return
+        self.result["changed"] = True
+        self.result["cache"] = {"path": path, "action": "created_empty"}
+        if not self.check:
+            self.make_dirs(os.path.dirname(path))
+            os.mkdir(path)
+            st = os.stat(self.target)
+            os.chown(path, st.st_uid, st.st_gid)
+
+    # -- rollback ------------------------------------------------------------
+
+    def previous_id(self) -> Optional[str]:
+        kept = self.kept_ids()
+        return kept[0] if kept else None
+
+    def rollback(self) -> None:
+        live = self.live()
+        kept = self.kept()
+        wanted = self.p["release_id"]
+        if wanted:
+            check_release_id(wanted)
+        if rollback_is_done(live, wanted):
+            self.result.update(release_id=live["release_id"], previous_release_id=self.previous_id())
+            self.ensure_cache_only()
+            self.result["msg"] = "%s is already live at %s%s" % (
+                live["release_id"], self.target_rel,
+                "" if wanted else " from a rollback (give release_id to roll back further or forward)")
+            return
+        chosen = self.chosen_release(kept, wanted)
+        in_id = chosen["release_id"]
+        retired, out_id, steps = self.plan_outgoing(live, chosen["path"], in_id)
+        live_after = {k: v for k, v in chosen.items() if k not in ("path", "retired_at")}
+        live_after.update(source="rollback", rolled_back_from=out_id, live_since=utc_now())
+        names = [r["release_id"] for r in kept]
+        self.result.update(changed=True, release_id=in_id, previous_release_id=out_id)
+        self.set_diff(live, in_id, names, keep_after_rollback(names, out_id, in_id), [])
+        if self.check:
+            self.report_carry(steps)
+            self.result["swap_method"] = self.predicted_swap()
+        else:
+            self.go_live("rollback", chosen["path"], in_id, retired, live_after, steps)
+        self.result["msg"] = "%s %s back at %s%s" % (
+            "would put" if self.check else "put", in_id, self.target_rel,
+            (", keeping %s as a release" % out_id) if out_id else "")
+
+    def chosen_release(self, kept: list[dict[str, Any]], wanted: Optional[str]) -> dict[str, Any]:
+        if not kept and not wanted:
+            raise ReleaseError("no previous release of %s to roll back to (releases area %s is empty)"
+                               % (self.target_rel, self.key_dir))
+        chosen = rollback_choice(kept, wanted)
+        if chosen is None:
+            raise ReleaseError("release %s of %s is not kept; kept releases: %s"
+                               % (wanted, self.target_rel, ", ".join(r["release_id"] for r in kept) or "none"))
+        return chosen
+
+    # -- pruning -------------------------------------------------------------
+
+    def predict_prune(self, doomed: list[str], not_yet_retired: Optional[str],
+                      moved: list[str]) -> list[dict[str, Any]]:
+        """Check mode: what prune() will delete; the version this call
+        retires is still at the target, less the entries that move out."""
+        out = []
+        for rid in doomed:
+            if rid == not_yet_retired:
+                size = tree_size(self.target, moved)[1]
+            else:
+                size = tree_size(os.path.join(self.key_dir, rid))[1]
+            out.append({"target": self.target_rel, "release_id": rid, "bytes": size})
+        self.result["bytes_freed"] += sum(d["bytes"] for d in out)
+        return out
+
+    def prune(self) -> None:
+        """Delete (check mode: measure) the releases beyond keep."""
+        doomed = prune_plan(self.kept(), self.p["keep"])
+        pruned = prune_releases(self.root, self.history, doomed, dry_run=self.check)
+        if pruned and not self.check:
+            save_history(self.key_dir, self.history)
+        self.result["pruned"] = [dict(p, target=self.target_rel) for p in pruned]
+        self.result["bytes_freed"] += sum(p["bytes"] for p in pruned)
+        if pruned:
+            self.result["changed"] = True
+
+    def keep_and_prune(self, live: Optional[dict[str, Any]]) -> None:
+        """Nothing released: apply keep to what is kept."""
+        kept = self.kept_ids()
+        kept_after, doomed = keep_after_release(kept, None, self.p["keep"])
+        self.set_diff(live, live["release_id"] if live else None, kept, kept_after, doomed)
+        self.prune()
+
+    def pruned_state(self) -> None:
+        live = self.live()
+        self.keep_and_prune(live)
+        self.result.update(release_id=live["release_id"] if live else None,
+                           previous_release_id=(self.kept_after or [None])[0])
+        self.result["msg"] = "%s %d old release(s) of %s" % (
+            "would prune" if self.check else "pruned", len(self.result["pruned"]), self.target_rel)
+
+
+def prune_releases(root: str, history: dict[str, Any], doomed: list[dict[str, Any]],
+                   dry_run: bool = False) -> list[dict[str, Any]]:
+    """Delete the doomed releases of one target (list_releases entries) and
+    drop them from history in memory (the caller saves it); dry_run only
+    measures. Returns [{release_id, bytes}]."""
+    out = [{"release_id": rel["release_id"], "bytes": remove_tree(root, rel["path"], dry_run)} for rel in doomed]
+    if not dry_run:
+        ids = {rel["release_id"] for rel in doomed}
+        history["releases"] = [r for r in history.get("releases", []) if r.get("release_id") not in ids]
+    return out
+
+
+def run_target(host: Any, params: dict[str, Any], check: bool, diff: bool, root: str,
+               target_rel: str) -> dict[str, Any]:
+    """One target: release, roll back or prune (params['state'])."""
+    rel = Release(host, params, check, diff, root, target_rel)
+    try:
+        rel.open()
+        state = params["state"]
+        if rel.result["recovered"] and check:
+            rel.result["msg"] = rel.result["recovered"]
+        elif state == "released":
+            rel.release()
+        elif state == "rolled_back":
+            rel.rollback()
+        else:
+            rel.pruned_state()
+        return rel.finalize()
+    finally:
+        rel.unlock()
+
+
+def staging_leftover(params: dict[str, Any], root: str, protect: list[str]) -> Optional[str]:
+    """state=pruned: the validated staging leftover to delete, if given."""
+    if not params["staging"]:
+        return None
+    staging_rel = safe_relpath(params["staging"], "staging")
+    for other in protect:
+        if overlaps(staging_rel, other):
+            raise ReleaseError("staging %r overlaps %r; refusing to delete it" % (staging_rel, other))
+    staging = rel_join(root, staging_rel)
+    if not parents_within(root, staging):
+        raise ReleaseError("staging %s leads outside %s through a symlink; refusing" % (staging, root))
+    return staging
+
+
+def all_targets(releases_root: str) -> list[str]:
+    """Every target with a releases directory, as its history names it."""
+    return [load_history(os.path.join(releases_root, key), key_to_target(key)).get("target")
+            for key in target_keys(releases_root)]
+
+
+def prune_state(host: Any, p: dict[str, Any], check: bool, diff: bool, root: str) -> dict[str, Any]:
+    """state=pruned: the named target, or every target in the releases
+    area, then the staging leftover if given. Teardown uses this."""
+    releases_rel = safe_relpath(p["releases_dir"], "releases_dir")
+    releases_root = rel_join(root, releases_rel)
+    if not parents_within(root, releases_root) or os.path.islink(releases_root):
+        raise ReleaseError("releases_dir %s leads outside %s or is a symlink; refusing" % (releases_root, root))
+    targets = [safe_relpath(p["target"], "target")] if p["target"] is not None else all_targets(releases_root)
+    leftover = staging_leftover(p, root, targets + [releases_rel])
+    result: dict[str, Any] = {"changed": False, "pruned": [], "bytes_freed": 0, "swap_method": None}
+    recovered = []
+    for target_rel in targets:
+        one = run_target(host, p, check, diff, root, target_rel)
+        if p["target"] is not None:
+            result = one
+        else:
+            result["pruned"] += one["pruned"]
+            result["bytes_freed"] += one["bytes_freed"]
+            result["changed"] = result["changed"] or one["changed"]
+        if one["recovered"]:
+            recovered.append("%s: %s" % (target_rel, one["recovered"]))
+    result["recovered"] = "; ".join(recovered) or None
+    result["staging_removed"] = False
+    if leftover:
+        result["staging_path"] = leftover
+        if os.path.lexists(leftover):
+            result["bytes_freed"] += remove_tree(root, leftover, dry_run=check)
+            result["staging_removed"] = True
+            result["changed"] = True
+    result["msg"] = "%s %d old release(s) of %d target(s)%s, %d bytes" % (
+        "would prune" if check else "pruned", len(result["pruned"]), len(targets),
+        " and the staging leftover" if result["staging_removed"] else "", result["bytes_freed"])
+    return result
+
+
+EFS_RELEASE_ARGS: dict[str, Any] = dict(
+    root=dict(type="path", required=True),
+    target=dict(type="str"),
+    staging=dict(type="str"),
+    state=dict(type="str", choices=["released", "rolled_back", "pruned"], default="released"),
+    keep=dict(type="int", default=2),
+    release_id=dict(type="str"),
+    releases_dir=dict(type="str", default=RELEASES_DIR),
+    preserve=dict(type="list", elements="str"),
+    preserve_mode=dict(type="str", choices=["move", "fresh"], default="move"),
+    owner=dict(type="str"),
+    group=dict(type="str"),
+    swap=dict(type="str", choices=["auto", "exchange", "rename"], default="auto"),
+    lock_timeout=dict(type="int", default=600),
+)
+EFS_RELEASE_REQUIRED_IF = [("state", "released", ("target", "staging")), ("state", "rolled_back", ("target",))]
+
+
+def run_efs_release(host: Any, params: dict[str, Any], check: bool = False, diff: bool = False) -> dict[str, Any]:
+    """Do what efs_release does and return its result dict. host provides
+    warn(msg) (an AnsibleModule does); params are efs_release's (see
+    params.with_defaults). Raises ReleaseError or UnsafePathError; an
+    OSError is turned into a ReleaseError naming the path."""
+    if params["keep"] < 0:
+        raise ReleaseError("keep must be 0 or more, got %d" % params["keep"])
+    for key, value, needed in EFS_RELEASE_REQUIRED_IF:
+        if params[key] == value and not all(params.get(n) for n in needed):
+            raise ReleaseError("%s: %s needs %s" % (key, value, " and ".join(needed)))
+    root = os.path.realpath(params["root"])
+    if not os.path.isdir(root):
+        raise ReleaseError("root %s is not a directory: is the EFS file system mounted (efs_mount)?" % params["root"])
+    try:
+        if params["state"] == "pruned":
+            return prune_state(host, params, check, diff, root)
+        return run_target(host, params, check, diff, root, safe_relpath(params["target"], "target"))
+    except OSError as exc:
+        raise ReleaseError("%s: %s (%s)" % (exc.strerror, exc.filename, type(exc).__name__)) from exc

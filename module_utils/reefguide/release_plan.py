@@ -1,0 +1,133 @@
+# The release engine's decisions as pure functions: which releases are kept or pruned, what
+# happens to each carried-over entry, how to repair an interrupted swap, which release a
+# rollback restores. Data in, plan out; no file system access, so each is tested alone.
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from ansible.module_utils.reefguide.releases_store import ReleaseError
+
+# carry_action's answers that stop the release before anything changes
+REFUSED_NESTED = "refused_nested"
+REFUSED_PRESERVED = "refused_preserved"
+
+
+def overlaps(a: str, b: str) -> bool:
+    """One relative path equals or contains the other."""
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+def first_overlap(named: list[tuple[str, str]]) -> Optional[tuple[str, str, str, str]]:
+    """(name_a, path_a, name_b, path_b) of the first two (name, relative
+    path) pairs that overlap, or None when all are separate."""
+    for i, (name_a, rel_a) in enumerate(named):
+        for name_b, rel_b in named[i + 1:]:
+            if overlaps(rel_a, rel_b):
+                return name_a, rel_a, name_b, rel_b
+    return None
+
+
+def prune_plan(releases: list[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
+    """The releases beyond the newest keep (releases: newest first)."""
+    if keep < 0:
+        raise ReleaseError("keep must be 0 or more, got %d" % keep)
+    return releases[keep:]
+
+
+def keep_after_release(kept: list[str], retiring: Optional[str], keep: int) -> tuple[list[str], list[str]]:
+    """(kept after, pruned) once the live version retiring (if any) joins
+    the kept releases (newest first) and keep is applied."""
+    after = ([retiring] if retiring else []) + kept
+    return after[:keep], after[keep:]
+
+
+def keep_after_rollback(kept: list[str], retiring: Optional[str], restoring: str) -> list[str]:
+    """Kept releases after restoring one of them: the retiring version
+    first, the restored one gone from the list; a rollback prunes nothing."""
+    return ([retiring] if retiring else []) + [rid for rid in kept if rid != restoring]
+
+
+def rollback_choice(kept: list[dict[str, Any]], wanted: Optional[str]) -> Optional[dict[str, Any]]:
+    """The kept release to restore: wanted, or the newest; None if not kept."""
+    if not wanted:
+        return kept[0] if kept else None
+    return next((r for r in kept if r["release_id"] == wanted), None)
+
+
+def rollback_is_done(live: Optional[dict[str, Any]], wanted: Optional[str]) -> bool:
+    """Nothing to do: wanted is live, or (no release named) the live
+    version came from a rollback, so repeat runs do not flip back and forth."""
+    if not live:
+        return False
+    return wanted == live["release_id"] or (not wanted and live.get("source") == "rollback")
+
+
+def is_live_from(live: Optional[dict[str, Any]], wanted: Optional[str], staging_rel: Optional[str]) -> bool:
+    """The live release is the one this call asks for (by id, or made from
+    the same staging directory): a repeat with nothing left to release."""
+    if live is None:
+        return False
+    if wanted:
+        return live["release_id"] == wanted
+    return live.get("source") == "staging" and live.get("staging") == staging_rel
+
+
+def free_id(base: str, taken: Callable[[str], bool]) -> str:
+    """base, or base-2, base-3... : the first that is not taken."""
+    rid, n = base, 1
+    while taken(rid):
+        n += 1
+        rid = "%s-%d" % (base, n)
+    return rid
+
+
+def carry_entries(preserve: list[str], nested: list[str], cache_rel: Optional[str]) -> list[str]:
+    """Entries carried from the outgoing version into the incoming one:
+    preserve, then separately released targets not inside a preserved
+    entry, then the cache (it must always exist)."""
+    entries = list(preserve)
+    for entry in nested:
+        if entry not in entries and not any(entry.startswith(e + "/") for e in preserve):
+            entries.append(entry)
+    if cache_rel and cache_rel not in entries:
+        entries.append(cache_rel)
+    return entries
+
+
+def carry_action(entry: str, preserve: list[str], nested: list[str], cache_rel: Optional[str], mode: str,
+                 src: str, dst: str) -> str:
+    """What happens to one carried entry. src: the outgoing version's entry,
+    'absent', 'dir' or 'other'; dst: the incoming one's, 'absent',
+    'empty_dir' or 'present'. Answers 'moved', 'kept_incoming',
+    'created_empty', 'absent', or REFUSED_* when the incoming version
+    already holds what would be moved there."""
+    src_there = src != "absent"
+    preserved = entry in preserve
+    if entry in nested and src_there and not preserved:
+        return REFUSED_NESTED if dst == "present" else "moved"
+    if preserved and mode == "move" and src_there:
+        return REFUSED_PRESERVED if dst == "present" else "moved"
+    if dst != "absent":
+        return "kept_incoming"
+    if entry == cache_rel or (preserved and src == "dir"):
+        return "created_empty"
+    return "absent"
+
+
+def recovery_step(target_ino: Optional[int], incoming_ino: Optional[int], retired_ino: Optional[int],
+                  new: int, old: Optional[int]) -> str:
+    """How to repair a swap interrupted after its journal was written, from
+    the inode numbers now at the target, the incoming and the retire paths
+    (new: the incoming version's, old: the outgoing one's, None if there
+    was none). 'retire_then_finish' (exchanged, the outgoing version still
+    at the incoming path), 'finish', 'move_in_then_finish' (the target was
+    moved away, the incoming version not yet in), 'undo' (nothing swapped)
+    or 'stuck'."""
+    if target_ino == new:
+        return "retire_then_finish" if old is not None and incoming_ino == old else "finish"
+    if target_ino is None and incoming_ino == new and (old is None or retired_ino == old):
+        return "move_in_then_finish"
+    if (old is not None and target_ino == old) or (old is None and target_ino is None):
+        return "undo"
+    return "stuck"
