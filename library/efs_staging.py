@@ -81,6 +81,7 @@ import shutil
 import stat
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.reefguide.layout import RELEASES_DIR, efs_root_problem
 from ansible.module_utils.reefguide.paths import UnsafePathError, parents_within, safe_join, safe_relpath
 from ansible.module_utils.reefguide.releases_store import nested_release_targets
 
@@ -120,7 +121,7 @@ def main() -> None:
             target=dict(type="str"),
             staging=dict(type="str", required=True),
             exclude=dict(type="list", elements="str", default=[]),
-            releases_dir=dict(type="str", default=".reefguide-releases"),
+            releases_dir=dict(type="str", default=RELEASES_DIR),
             state=dict(type="str", default="present", choices=["present", "absent"]),
         ),
         required_if=[("state", "present", ["target"])],
@@ -128,8 +129,9 @@ def main() -> None:
     )
     p = module.params
     root = p["root"]
-    if not os.path.isdir(root):
-        module.fail_json(msg="EFS root %s is not a directory: is EFS mounted (efs_mount)?" % root)
+    problem = efs_root_problem(root)
+    if problem:
+        module.fail_json(msg=problem)
     try:
         staging = safe_join(root, p["staging"], "staging")
         target = safe_join(root, p["target"], "target") if p["target"] else None

@@ -94,6 +94,7 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.reefguide.fs import tree_size
+from ansible.module_utils.reefguide.layout import RELEASES_DIR, STAGING_DIR, WORKERS_ROOT, efs_root_problem
 from ansible.module_utils.reefguide.paths import (
     UnsafePathError,
     human_bytes,
@@ -135,16 +136,16 @@ def main() -> None:
             root=dict(type="path", required=True),
             remove=dict(type="list", elements="str", default=[]),
             empty=dict(type="list", elements="str", default=[]),
-            allowed_roots=dict(type="list", elements="str", default=["data/reefguide"]),
-            internal_roots=dict(type="list", elements="str",
-                                default=[".reefguide-staging", ".reefguide-releases"]),
+            allowed_roots=dict(type="list", elements="str", default=[WORKERS_ROOT]),
+            internal_roots=dict(type="list", elements="str", default=[STAGING_DIR, RELEASES_DIR]),
         ),
         supports_check_mode=True,
     )
     p = module.params
     root = p["root"]
-    if not os.path.isdir(root):
-        module.fail_json(msg="EFS root %s is not a directory: is EFS mounted (efs_mount)?" % root)
+    problem = efs_root_problem(root)
+    if problem:
+        module.fail_json(msg=problem)
     allowed = [safe_relpath(a, "allowed root") for a in p["allowed_roots"] + p["internal_roots"]]
 
     # Check every path before deleting any.

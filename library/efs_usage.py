@@ -57,6 +57,7 @@ import stat
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.reefguide.layout import efs_root_problem
 
 
 def main() -> None:
@@ -65,8 +66,9 @@ def main() -> None:
         supports_check_mode=True,
     )
     root = module.params["root"]
-    if not os.path.isdir(root):
-        module.fail_json(msg="EFS root %s is not a directory: is EFS mounted (efs_mount)?" % root)
+    problem = efs_root_problem(root)
+    if problem:
+        module.fail_json(msg=problem)
     deadline = time.time() + module.params["max_seconds"]
     seen: set[tuple[int, int]] = set()
     areas: dict[str, int] = {}

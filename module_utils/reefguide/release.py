@@ -8,7 +8,7 @@ import os
 from typing import Any, Optional
 
 from ansible.module_utils.reefguide.fs import entry_state, remove_empty_parents, remove_tree, tree_size
-from ansible.module_utils.reefguide.layout import RELEASES_DIR, key_to_target
+from ansible.module_utils.reefguide.layout import RELEASES_DIR, efs_root_problem, key_to_target
 from ansible.module_utils.reefguide.paths import parents_within, safe_relpath
 from ansible.module_utils.reefguide.release_plan import (
     is_live_from,
@@ -316,9 +316,10 @@ def run_efs_release(host: Any, params: dict[str, Any], check: bool = False, diff
     for key, value, needed in EFS_RELEASE_REQUIRED_IF:
         if params[key] == value and not all(params.get(n) for n in needed):
             raise ReleaseError("%s: %s needs %s" % (key, value, " and ".join(needed)))
+    problem = efs_root_problem(params["root"])
+    if problem:
+        raise ReleaseError(problem)
     root = os.path.realpath(params["root"])
-    if not os.path.isdir(root):
-        raise ReleaseError("root %s is not a directory: is the EFS file system mounted (efs_mount)?" % params["root"])
     try:
         if params["state"] == "pruned":
             return prune_state(host, params, check, diff, root)
