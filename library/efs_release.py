@@ -224,13 +224,17 @@ cache:
   type: dict
   sample: {"path": "/home/ec2-user/efs/data/reefguide/cache", "action": "moved"}
 pruned:
-  description: Releases deleted (or to delete in check mode), with the bytes each held.
+  description: >-
+    Releases deleted (or to delete in check mode), with the bytes each deletion frees: a file still
+    hard-linked from a version that stays (releases share unchanged files) frees nothing.
   returned: always
   type: list
   elements: dict
   sample: [{"target": "data/reefguide", "release_id": "20250501T000000Z", "bytes": 1048576}]
 bytes_freed:
-  description: Bytes freed by pruning releases and removing O(staging) (O(state=pruned)).
+  description: >-
+    Bytes freed by pruning releases and removing O(staging) (O(state=pruned)): a file counts once,
+    and only when its last hard link is deleted.
   returned: always
   type: int
 staging_removed:

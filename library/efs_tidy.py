@@ -67,13 +67,15 @@ EXAMPLES = r"""
 
 RETURN = r"""
 removed:
-  description: What was (or in check mode would be) deleted, with its size.
+  description: >-
+    What was (or in check mode would be) deleted: the files it held and the bytes its deletion frees
+    (a file hard-linked from elsewhere frees nothing until its last link goes).
   returned: always
   type: list
   elements: dict
   sample: [{"path": ".reefguide-staging", "files": 12, "bytes": 1048576}]
 emptied:
-  description: Directories emptied, with the size of what was in them.
+  description: Directories emptied, with the files that were in them and the bytes freed.
   returned: always
   type: list
   elements: dict
@@ -82,18 +84,17 @@ files_removed:
   returned: always
   type: int
 bytes_freed:
-  description: Bytes deleted in total.
+  description: Bytes freed in total (a hard-linked file once, when its last link is deleted).
   returned: always
   type: int
 """
 
 import os
-import shutil
 import stat
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.reefguide.fs import tree_size
+from ansible.module_utils.reefguide.fs import FreedBytes, remove_tree
 from ansible.module_utils.reefguide.layout import RELEASES_DIR, STAGING_DIR, WORKERS_ROOT, efs_root_problem
 from ansible.module_utils.reefguide.paths import (
     UnsafePathError,
@@ -115,19 +116,31 @@ def check_path(root: str, rel: str, allowed: list[str]) -> str:
     return path
 
 
-def size_of(path: str) -> tuple[int, int]:
-    st = os.lstat(path)
-    if stat.S_ISDIR(st.st_mode):
-        return tree_size(path)
-    return (1, st.st_size if stat.S_ISREG(st.st_mode) else 0)
+def remove_all(root: str, removals: list[tuple[str, str]], dry_run: bool, freed: FreedBytes) -> list[dict[str, Any]]:
+    """Delete each (rel, path) that exists; what each held and freed."""
+    removed = []
+    for rel, path in removals:
+        if os.path.lexists(path):
+            files, size = remove_tree(root, path, dry_run, freed)
+            removed.append({"path": rel, "files": files, "bytes": size})
+    return removed
 
 
-def delete(path: str) -> None:
-    st = os.lstat(path)
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)  # fd-based on Linux: never follows a symlink inside
-    else:
-        os.unlink(path)
+def empty_all(root: str, empties: list[tuple[str, str]], dry_run: bool,
+              freed: FreedBytes) -> tuple[list[dict[str, Any]], list[str]]:
+    """Empty each directory (created if missing): (emptied, created)."""
+    emptied, created = [], []
+    for rel, path in empties:
+        if not os.path.isdir(path):
+            created.append(rel)
+            if not dry_run:
+                os.makedirs(path, mode=0o755)
+            continue
+        entries = len(os.listdir(path))
+        if entries:
+            files, size = remove_tree(root, path, dry_run, freed, contents_only=True)
+            emptied.append({"path": rel, "files": files, "bytes": size, "entries": entries})
+    return emptied, created
 
 
 def main() -> None:
@@ -158,30 +171,9 @@ def main() -> None:
         if os.path.lexists(path) and not stat.S_ISDIR(os.lstat(path).st_mode):
             module.fail_json(msg="refused, nothing deleted: %r is not a directory" % rel)
 
-    removed: list[dict[str, Any]] = []
-    emptied: list[dict[str, Any]] = []
-    created: list[str] = []
-    for rel, path in removals:
-        if not os.path.lexists(path):
-            continue
-        files, size = size_of(path)
-        removed.append({"path": rel, "files": files, "bytes": size})
-        if not module.check_mode:
-            delete(path)
-    for rel, path in empties:
-        if not os.path.isdir(path):
-            created.append(rel)
-            if not module.check_mode:
-                os.makedirs(path, mode=0o755)
-            continue
-        entries = sorted(os.listdir(path))
-        if not entries:
-            continue
-        files, size = tree_size(path)
-        emptied.append({"path": rel, "files": files, "bytes": size, "entries": len(entries)})
-        if not module.check_mode:
-            for name in entries:
-                delete(os.path.join(path, name))
+    freed = FreedBytes()  # one tally: a file linked from two deleted paths counts once
+    removed = remove_all(root, removals, module.check_mode, freed)
+    emptied, created = empty_all(root, empties, module.check_mode, freed)
 
     total_files = sum(r["files"] for r in removed + emptied)
     total_bytes = sum(r["bytes"] for r in removed + emptied)

@@ -461,3 +461,80 @@ def test_owner_and_group_are_applied_to_the_staged_files(efs: EFS) -> None:
     for dirpath, dirnames, filenames in os.walk(efs.root / PKG):
         for name in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
             assert os.lstat(name).st_uid == 65534, name
+
+
+# --------------------------------------------------------------------------
+# Bytes freed: releases are hard-link copies of each other
+# --------------------------------------------------------------------------
+
+
+def inodes(top: Path) -> dict[tuple[int, int], int]:
+    """Size of every data file's inode below top (a hard-linked file once;
+    the releases area's own history.json, rewritten by every run, left out)."""
+    found: dict[tuple[int, int], int] = {}
+    for dirpath, _dirnames, filenames in os.walk(top):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if name not in ("history.json", ".lock") and not os.path.islink(path):
+                st = os.lstat(path)
+                found[(st.st_dev, st.st_ino)] = st.st_size
+    return found
+
+
+def stage_link_copy(efs: EFS, run_id: str, changed: dict[str, bytes]) -> str:
+    """A staging directory made as efs_staging and the sync make it: every
+    live file hard-linked, the changed ones replaced by new files."""
+    rel = ".reefguide-staging/%s/pkg" % run_id
+    live, top = efs.root / PKG, efs.root / rel
+    for dirpath, _dirnames, filenames in os.walk(live):
+        for name in filenames:
+            src = Path(dirpath) / name
+            dst = top / src.relative_to(live)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.link(src, dst)
+    for name, data in changed.items():
+        (top / name).unlink(missing_ok=True)
+        write_tree(top, {name: data})
+    return rel
+
+
+def test_pruning_releases_that_share_hard_links_counts_only_the_bytes_that_go(efs: EFS) -> None:
+    ok(efs.release("r1", {"a": b"a" * 100, "b": b"b" * 200, "c": b"c" * 300}))
+    for run_id, changed in (("r2", {"c": b"C" * 310}), ("r3", {"b": b"B" * 220}), ("r4", {"a": b"A" * 130})):
+        ok(efs.run({"target": PKG, "staging": stage_link_copy(efs, run_id, changed), "release_id": run_id,
+                    "keep": 5}))
+    assert os.stat(efs.root / PKG / "c").st_nlink == 3  # r2, r3 and the live r4 share c
+    before = inodes(efs.root)
+    args = {"target": PKG, "state": "pruned", "keep": 0}
+    predicted = ok(efs.run(args, check=True))
+    pruned = ok(efs.run(args))
+    after = inodes(efs.root)
+    really_freed = sum(size for key, size in before.items() if key not in after)
+    assert really_freed == 100 + 200 + 300  # r1's a, b, c: every other file is still live
+    assert pruned["releases"] == [] and pruned["bytes_freed"] == really_freed
+    assert predicted["bytes_freed"] == really_freed and predicted["pruned"] == pruned["pruned"]
+    assert sum(p["bytes"] for p in pruned["pruned"]) == really_freed
+
+    # A release with keep 0 retires the live r4 and prunes it at once: only its replaced file goes.
+    release = {"target": PKG, "staging": stage_link_copy(efs, "r5", {"c": b"5" * 50}), "release_id": "r5",
+               "keep": 0}
+    before = inodes(efs.root)
+    predicted = ok(efs.run(release, check=True))
+    released = ok(efs.run(release))
+    really_freed = sum(size for key, size in before.items() if key not in inodes(efs.root))
+    assert really_freed == 310  # c as r2, r3 and r4 had it
+    assert released["pruned"] == predicted["pruned"] == [{"target": PKG, "release_id": "r4", "bytes": 310}]
+    assert released["bytes_freed"] == predicted["bytes_freed"] == really_freed
+
+
+def test_removing_a_staging_copy_counts_only_the_files_it_alone_holds(efs: EFS) -> None:
+    ok(efs.release("r1", {"a": b"a" * 100, "b": b"b" * 200}))
+    stage_link_copy(efs, "r2", {"b": b"B" * 250, "new": b"n" * 40})
+    before = inodes(efs.root)
+    args = {"state": "pruned", "staging": ".reefguide-staging"}
+    predicted = ok(efs.run(args, check=True))
+    removed = ok(efs.run(args))
+    really_freed = sum(size for key, size in before.items() if key not in inodes(efs.root))
+    assert really_freed == 250 + 40
+    assert removed["staging_removed"] is True and removed["bytes_freed"] == really_freed
+    assert predicted["bytes_freed"] == really_freed

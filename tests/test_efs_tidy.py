@@ -63,3 +63,18 @@ def test_symlinks_are_removed_as_links_never_followed(tmp_path) -> None:
 def test_missing_root_says_mount_first(tmp_path) -> None:
     res = run_module("efs_tidy", {"root": str(tmp_path / "nope"), "remove": ["data/reefguide/x"]})
     assert res.get("failed") and "mounted" in res["msg"]
+
+
+def test_bytes_freed_counts_a_hard_linked_file_only_when_its_last_link_goes(tmp_path) -> None:
+    root, _ = make_efs(tmp_path)
+    live = root / "data" / "reefguide" / "old" / "a.tif"  # 500 bytes
+    os.link(live, root / ".reefguide-staging" / "run1" / "a.tif")  # still linked from live after the removal
+    (root / "data" / "reefguide" / "twice").mkdir()
+    os.link(root / ".reefguide-staging" / "run1" / "f", root / "data" / "reefguide" / "twice" / "f")
+    args = {"root": str(root), "remove": [".reefguide-staging", "data/reefguide/twice"]}
+    plan = run_module("efs_tidy", args, check=True)
+    done = run_module("efs_tidy", args)
+    # f (10 bytes) goes with its two links; a.tif stays live; the files count is of names deleted
+    assert plan["bytes_freed"] == done["bytes_freed"] == 10
+    assert done["files_removed"] == 3 and live.read_bytes() == b"y" * 500
+    assert [r["bytes"] for r in done["removed"]] == [0, 10]

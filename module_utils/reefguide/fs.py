@@ -1,6 +1,6 @@
-# File-system primitives for the modules that change EFS: sizes, deletion, atomic swaps,
-# mkdir -p inside a root. No policy here, so the release engine and teardown measure and
-# delete the same way.
+# File-system primitives for the modules that change EFS: sizes, deletion that counts the bytes
+# it really frees (hard links), atomic swaps, mkdir -p inside a root. No policy here, so the
+# release engine, efs_tidy and teardown measure and delete the same way.
 
 from __future__ import annotations
 
@@ -91,25 +91,63 @@ def tree_size(top: str, skip: Iterable[str] = ()) -> tuple[int, int]:
     return files, total
 
 
-def remove_tree(root: str, path: str, dry_run: bool = False) -> int:
-    """Delete path (a directory or file below root, never root itself) and
-    return the bytes it held. Refuses anything that resolves outside root;
-    a symlink is removed as a link, never followed (shutil.rmtree does not
-    follow links inside the tree either)."""
+class FreedBytes:
+    """The bytes that deleting paths frees. A file's blocks go with its last
+    link, so its size counts once: when every one of its links has been seen
+    among the deleted paths (links seen per inode against st_nlink as first
+    seen). One tally across several deletions, done or only planned (check
+    mode), counts a file those deletions share once and gives the same sum."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[int, int], list[int]] = {}  # (dev, ino) -> [links seen, st_nlink]
+
+    def file(self, st: os.stat_result) -> int:
+        """Bytes freed by deleting one link (given its lstat)."""
+        if not stat.S_ISREG(st.st_mode):
+            return 0
+        if st.st_nlink <= 1:
+            return st.st_size
+        seen = self._seen.setdefault((st.st_dev, st.st_ino), [0, st.st_nlink])
+        seen[0] += 1
+        return st.st_size if seen[0] == seen[1] else 0
+
+    def tree(self, top: str, skip: Iterable[str] = ()) -> tuple[int, int]:
+        """(files, bytes freed) for deleting everything below top but skip."""
+        files = freed = 0
+        for st in regular_files(top, skip):
+            files += 1
+            freed += self.file(st)
+        return files, freed
+
+
+def remove_tree(root: str, path: str, dry_run: bool = False, freed: Optional[FreedBytes] = None,
+                contents_only: bool = False) -> tuple[int, int]:
+    """Delete path (a directory or file below root, never root itself), or
+    with contents_only what a directory holds, and return (files, bytes
+    freed) as FreedBytes counts them (pass one tally for several deletions).
+    Refuses anything that resolves outside root; a symlink is removed as a
+    link, never followed (shutil.rmtree does not follow links inside the
+    tree either)."""
     if not os.path.lexists(path):
-        return 0
+        return 0, 0
     resolved = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
     if not is_within(root, os.path.dirname(path)) or resolved == os.path.realpath(root):
         raise UnsafePathError("refusing to delete %s: it is not below %s" % (path, root))
-    if os.path.islink(path) or not os.path.isdir(path):
-        size = os.lstat(path).st_size if not os.path.islink(path) else 0
+    tally = freed if freed is not None else FreedBytes()
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
         if not dry_run:
             os.unlink(path)
-        return size
-    _files, size = tree_size(path)
+        return 1, tally.file(st)
+    counted = tally.tree(path)
     if not dry_run:
-        shutil.rmtree(path)
-    return size
+        victims = [os.path.join(path, name) for name in sorted(os.listdir(path))] if contents_only else [path]
+        for victim in victims:
+            if is_real_dir(victim):
+                shutil.rmtree(victim)  # fd-based on Linux: never follows a symlink inside
+            else:
+                os.unlink(victim)
+    return counted
 
 
 def remove_empty_parents(root: str, path: str) -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from ansible.module_utils.reefguide.fs import entry_state, remove_empty_parents, remove_tree, tree_size
+from ansible.module_utils.reefguide.fs import FreedBytes, entry_state, remove_empty_parents, remove_tree, tree_size
 from ansible.module_utils.reefguide.layout import RELEASES_DIR, efs_root_problem, key_to_target
 from ansible.module_utils.reefguide.paths import parents_within, safe_relpath
 from ansible.module_utils.reefguide.release_plan import (
@@ -32,7 +32,14 @@ from ansible.module_utils.reefguide.releases_store import (
 
 
 class Release(ReleaseTarget):
-    """One efs_release call on one target: release, roll back or prune."""
+    """One efs_release call on one target: release, roll back or prune.
+    freed: the tally of what this call's deletions free (see FreedBytes),
+    shared when one call prunes several targets."""
+
+    def __init__(self, host: Any, params: dict[str, Any], check: bool, diff: bool, root: str, target_rel: str,
+                 freed: Optional[FreedBytes] = None) -> None:
+        super().__init__(host, params, check, diff, root, target_rel)
+        self.freed = freed if freed is not None else FreedBytes()
 
     # -- release -------------------------------------------------------------
 
@@ -167,9 +174,9 @@ class Release(ReleaseTarget):
         out = []
         for rid in doomed:
             if rid == not_yet_retired:
-                size = tree_size(self.target, moved)[1]
+                size = self.freed.tree(self.target, moved)[1]
             else:
-                size = tree_size(os.path.join(self.key_dir, rid))[1]
+                size = self.freed.tree(os.path.join(self.key_dir, rid))[1]
             out.append({"target": self.target_rel, "release_id": rid, "bytes": size})
         self.result["bytes_freed"] += sum(d["bytes"] for d in out)
         return out
@@ -177,7 +184,7 @@ class Release(ReleaseTarget):
     def prune(self) -> None:
         """Delete (check mode: measure) the releases beyond keep."""
         doomed = prune_plan(self.kept(), self.p["keep"])
-        pruned = prune_releases(self.root, self.history, doomed, dry_run=self.check)
+        pruned = prune_releases(self.root, self.history, doomed, self.freed, dry_run=self.check)
         if pruned and not self.check:
             save_history(self.key_dir, self.history)
         self.result["pruned"] = [dict(p, target=self.target_rel) for p in pruned]
@@ -201,22 +208,24 @@ class Release(ReleaseTarget):
             "would prune" if self.check else "pruned", len(self.result["pruned"]), self.target_rel)
 
 
-def prune_releases(root: str, history: dict[str, Any], doomed: list[dict[str, Any]],
+def prune_releases(root: str, history: dict[str, Any], doomed: list[dict[str, Any]], freed: FreedBytes,
                    dry_run: bool = False) -> list[dict[str, Any]]:
     """Delete the doomed releases of one target (list_releases entries) and
     drop them from history in memory (the caller saves it); dry_run only
-    measures. Returns [{release_id, bytes}]."""
-    out = [{"release_id": rel["release_id"], "bytes": remove_tree(root, rel["path"], dry_run)} for rel in doomed]
+    measures. Returns [{release_id, bytes}]: the bytes each deletion frees,
+    counted in freed (releases are hard-link copies of each other)."""
+    out = [{"release_id": rel["release_id"], "bytes": remove_tree(root, rel["path"], dry_run, freed)[1]}
+           for rel in doomed]
     if not dry_run:
         ids = {rel["release_id"] for rel in doomed}
         history["releases"] = [r for r in history.get("releases", []) if r.get("release_id") not in ids]
     return out
 
 
-def run_target(host: Any, params: dict[str, Any], check: bool, diff: bool, root: str,
-               target_rel: str) -> dict[str, Any]:
+def run_target(host: Any, params: dict[str, Any], check: bool, diff: bool, root: str, target_rel: str,
+               freed: Optional[FreedBytes] = None) -> dict[str, Any]:
     """One target: release, roll back or prune (params['state'])."""
-    rel = Release(host, params, check, diff, root, target_rel)
+    rel = Release(host, params, check, diff, root, target_rel, freed)
     try:
         rel.open()
         state = params["state"]
@@ -264,8 +273,9 @@ def prune_state(host: Any, p: dict[str, Any], check: bool, diff: bool, root: str
     leftover = staging_leftover(p, root, targets + [releases_rel])
     result: dict[str, Any] = {"changed": False, "pruned": [], "bytes_freed": 0, "swap_method": None}
     recovered = []
+    freed = FreedBytes()  # a file shared by pruned releases and the leftover counts once, in check mode too
     for target_rel in targets:
-        one = run_target(host, p, check, diff, root, target_rel)
+        one = run_target(host, p, check, diff, root, target_rel, freed)
         if p["target"] is not None:
             result = one
         else:
@@ -279,7 +289,7 @@ def prune_state(host: Any, p: dict[str, Any], check: bool, diff: bool, root: str
     if leftover:
         result["staging_path"] = leftover
         if os.path.lexists(leftover):
-            result["bytes_freed"] += remove_tree(root, leftover, dry_run=check)
+            result["bytes_freed"] += remove_tree(root, leftover, check, freed)[1]
             result["staging_removed"] = True
             result["changed"] = True
     result["msg"] = "%s %d old release(s) of %d target(s)%s, %d bytes" % (
