@@ -6,7 +6,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from typing import Optional
+from typing import Callable, Optional
 
 
 class UnknownUserError(ValueError):
@@ -16,30 +16,20 @@ class UnknownUserError(ValueError):
 def resolve_ids(owner: Optional[str], group: Optional[str]) -> tuple[Optional[int], Optional[int]]:
     """(uid, gid) for an owner and a group given by name or number; None
     where not given. Raises UnknownUserError for a name this host lacks."""
-    return _uid(owner), _gid(group)
+    return (_resolve(owner, lambda name: pwd.getpwnam(name).pw_uid, "owner", "user", "uid"),
+            _resolve(group, lambda name: grp.getgrnam(name).gr_gid, "group", "group", "gid"))
 
 
-def _uid(owner: Optional[str]) -> Optional[int]:
-    if owner is None or owner.isdigit():
-        return None if owner is None else int(owner)
+def _resolve(name: Optional[str], lookup: Callable[[str], int], what: str, kind: str, number: str) -> Optional[int]:
+    if name is None:
+        return None
+    if name.isdigit():
+        return int(name)
     try:
-        return pwd.getpwnam(owner).pw_uid
+        return lookup(name)
     except KeyError:
-        raise UnknownUserError(_missing("owner", owner, "user", "uid")) from None
-
-
-def _gid(group: Optional[str]) -> Optional[int]:
-    if group is None or group.isdigit():
-        return None if group is None else int(group)
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise UnknownUserError(_missing("group", group, "group", "gid")) from None
-
-
-def _missing(what: str, name: str, kind: str, number: str) -> str:
-    return "%s %r is not a %s on this host: create the %s first or give a numeric %s" % (
-        what, name, kind, kind, number)
+        raise UnknownUserError("%s %r is not a %s on this host: create the %s first or give a numeric %s"
+                               % (what, name, kind, kind, number)) from None
 
 
 def user_name(uid: int) -> str:
