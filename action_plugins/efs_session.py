@@ -19,19 +19,6 @@ from ansible.utils.display import Display
 
 display = Display()
 
-CACHE = "data/reefguide/cache"
-STAGING_ROOT = ".reefguide-staging"
-
-
-def cache_entry_under(dest: str) -> Optional[str]:
-    """The cache's path relative to dest when dest contains it ('cache' for
-    data/reefguide), else None."""
-    dest = dest.rstrip("/")
-    if CACHE.startswith(dest + "/"):
-        return CACHE[len(dest) + 1:]
-    return None
-
-
 # The task's arguments, checked and defaulted in one place (documented in library/efs_session.py).
 ARGUMENT_SPEC: dict[str, Any] = dict(
     operation=dict(type="str", choices=["stage", "teardown", "rollback"], default="stage"),
@@ -46,6 +33,12 @@ ARGUMENT_SPEC: dict[str, Any] = dict(
     prefix=dict(type="str"),
     dest=dict(type="str"),
     staging=dict(type="str"),
+    # the EFS layout, from stage_request/run_request (module_utils/reefguide/layout.py): an action
+    # plugin runs on the controller and cannot import module_utils
+    staging_area=dict(type="str"),
+    staging_root=dict(type="str"),
+    cache_in_dest=dict(type="str"),
+    cache=dict(type="str"),
     run_id=dict(type="str"),
     mode=dict(type="str", choices=["replace", "merge", "mirror"], default="replace"),
     clear_cache=dict(type="bool", default=False),
@@ -56,7 +49,8 @@ ARGUMENT_SPEC: dict[str, Any] = dict(
     region=dict(type="str"),
 )
 REQUIRED_IF = [
-    ("operation", "stage", ("bucket", "prefix", "dest", "staging", "run_id")),
+    ("operation", "stage", ("bucket", "prefix", "dest", "staging", "staging_area", "run_id")),
+    ("operation", "teardown", ("staging_root",)),
     ("operation", "rollback", ("dest",)),
 ]
 
@@ -206,8 +200,7 @@ class ActionModule(ActionBase):
     def stage(self, a: dict[str, Any], root: str, user: str) -> dict[str, Any]:
         dest, mode = a["dest"], a["mode"]
         aws = {"endpoint_url": a["endpoint_url"] or None, "region": a["region"] or None}
-        cache = cache_entry_under(dest)
-        staging_area = "/".join(a["staging"].split("/")[:2])  # .reefguide-staging/<dest key>
+        cache, staging_area = a["cache_in_dest"], a["staging_area"]
         if mode == "mirror":
             pull_into, pull_mode = root + "/" + dest, "mirror"
         else:
@@ -235,15 +228,17 @@ class ActionModule(ActionBase):
             # what is left of the run's staging area once its directory went live
             self.step("tidy_staging", "efs_tidy", {"root": root, "remove": [staging_area]})
         if a["clear_cache"]:
+            if not a["cache"]:
+                raise AnsibleActionFail("clear_cache needs cache (stage_request's result)")
             # emptied, kept: the workers need it to exist
-            self.step("clear_cache", "efs_tidy", {"root": root, "empty": [CACHE]})
+            self.step("clear_cache", "efs_tidy", {"root": root, "empty": [a["cache"]]})
         changed = any(self.steps.get(s, {}).get("changed") for s in ("pull", "release", "clear_cache"))
         return {"changed": changed, "pull": pull, "release_id": release.get("release_id"),
                 "previous_release_id": release.get("previous_release_id")}
 
     def teardown(self, a: dict[str, Any], root: str, user: str) -> dict[str, Any]:
         prune = self.step("prune", "efs_release", {
-            "root": root, "state": "pruned", "keep": a["keep"], "staging": STAGING_ROOT})
+            "root": root, "state": "pruned", "keep": a["keep"], "staging": a["staging_root"]})
         tidy = self.step("remove", "efs_tidy", {
             "root": root, "remove": a["remove"], "allowed_roots": a["allowed_roots"]})
         freed = int(prune.get("bytes_freed") or 0) + int(tidy.get("bytes_freed") or 0)

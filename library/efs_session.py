@@ -41,6 +41,18 @@ options:
   prefix: {description: The run's upload prefix (stage)., type: str}
   dest: {description: Destination relative to the EFS root (stage, rollback)., type: str}
   staging: {description: Staging directory relative to the EFS root (stage)., type: str}
+  staging_area:
+    description: The destination's area under the staging root, removed after its release (stage_request's).
+    type: str
+  staging_root:
+    description: The staging root, whose leftovers teardown removes (run_request's C(staging_root)).
+    type: str
+  cache_in_dest:
+    description: The workers' cache relative to O(dest) when O(dest) holds it (stage_request's C(cache_in_dest)).
+    type: str
+  cache:
+    description: The workers' cache relative to the EFS root, emptied by O(clear_cache) (stage_request's C(cache)).
+    type: str
   run_id: {description: The run id (stage; names the staging area removed after the release)., type: str}
   mode: {description: How the destination is updated., type: str, choices: [replace, merge, mirror], default: replace}
   clear_cache: {description: Empty data/reefguide/cache after the release (kept)., type: bool, default: false}

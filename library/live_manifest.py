@@ -37,8 +37,11 @@ options:
     type: path
   mode:
     description:
-      - With V(compared), the stage mode. Under V(merge) a file live but absent locally is no
-        difference (merge keeps it).
+      - The stage mode. With V(compared), under V(merge) a file live but absent locally is no
+        difference (merge keeps it); V(replace) and V(mirror) are equal only to a record of the
+        whole destination.
+      - With V(present), under V(merge) the record becomes the merged tree (the record before with
+        the run's files over it), marked incomplete when there was no record before.
     type: str
     choices: [replace, merge, mirror]
     default: replace
@@ -48,6 +51,21 @@ options:
   release_id:
     description: With V(present), the release that went live.
     type: str
+  dest:
+    description:
+      - The destination the record is for. With V(present) it is written into the record, and the
+        records of destinations below it that the release changed are dropped (all of them for
+        V(replace) and V(mirror), those under which the run had files for V(merge)). With V(absent)
+        the records of every destination below it are dropped too.
+    type: str
+  legacy_keys:
+    description:
+      - Keys the destination's record had in older versions (stage_request's C(legacy_live_manifest_key)).
+        They are never read for a comparison (C(/) was written as C(__), so C(a/b) and C(a__b) shared
+        one); V(present) and V(absent) delete them.
+    type: list
+    elements: str
+    default: []
 extends_documentation_fragment: [reefguide_aws]
 """
 
@@ -87,6 +105,10 @@ removed:
   description: Files live but not local (first 20; not a difference under merge).
   returned: state=compared
   type: list
+dropped:
+  description: With V(present) or V(absent), the destinations below O(dest) whose records were dropped.
+  returned: state=present or state=absent
+  type: list
 counts:
   description: Numbers of new, changed, removed and unchanged files, and local files and bytes.
   returned: state=compared
@@ -105,6 +127,7 @@ from ansible.module_utils.reefguide.aws import (
     require_boto3,
 )
 from ansible.module_utils.reefguide.checksums import ChecksumCache, default_cache_path, local_sha256
+from ansible.module_utils.reefguide.layout import key_to_target
 from ansible.module_utils.reefguide.local_tree import Matcher, scan_source
 from ansible.module_utils.reefguide.sync_common import LocalFileError
 
@@ -137,8 +160,10 @@ def compare(module: AnsibleModule, s3: Any) -> None:
     live = {rel: (e.get("size"), e.get("sha256")) for rel, e in (record.get("files") or {}).items()}
     new = sorted(r for r in local if r not in live)
     changed = sorted(r for r in local if r in live and live[r] != local[r])
-    removed = sorted(r for r in live if r not in local)
-    equal = bool(record) and not new and not changed and (p["mode"] == "merge" or not removed)
+    # a merge removes nothing; replace and mirror need a record of the whole destination
+    removed = [] if p["mode"] == "merge" else sorted(r for r in live if r not in local)
+    whole = record.get("complete", True) or p["mode"] == "merge"
+    equal = bool(record) and whole and not new and not changed and not removed
     module.exit_json(
         changed=False, equal=equal, recorded=bool(record), release_id=record.get("release_id"),
         new=new[:20], changed_files=changed[:20], removed=removed[:20],
@@ -158,23 +183,94 @@ def record(module: AnsibleModule, s3: Any) -> None:
         fail_aws(module, exc, "reading the run's manifest s3://%s/%s" % (p["bucket"], p["source_key"]))
     doc["release_id"] = p["release_id"]
     before = read_record(s3, p["bucket"], p["key"])
-    if before.get("files") == doc.get("files") and before.get("release_id") == doc["release_id"]:
-        module.exit_json(changed=False, recorded=True, release_id=doc["release_id"])
+    if p["dest"]:
+        doc["dest"] = p["dest"]
+    if p["mode"] == "merge":
+        # what is live is the merged tree: the record before, with this run's files over it; without
+        # a record before, what else the destination holds is unknown, so the record says so
+        doc["files"] = dict(before.get("files") or {}, **(doc.get("files") or {}))
+        doc["complete"] = bool(before) and before.get("complete", True)
+    else:
+        doc["complete"] = True
+    legacy = drop_legacy(module, s3)
+    nested = drop_nested(module, s3, doc.get("files") or {})
+    if before.get("files") == doc.get("files") and before.get("release_id") == doc["release_id"] \
+            and before.get("complete", True) == doc["complete"]:
+        module.exit_json(changed=legacy or bool(nested), recorded=True, release_id=doc["release_id"],
+                         dropped=nested)
     if not module.check_mode:
         try:
             s3.put_object(Bucket=p["bucket"], Key=p["key"], Body=json.dumps(doc, sort_keys=True).encode(),
                           ServerSideEncryption="AES256", ContentType="application/json")
         except Exception as exc:
             fail_aws(module, exc, "recording the live manifest s3://%s/%s" % (p["bucket"], p["key"]))
-    module.exit_json(changed=True, recorded=True, release_id=doc["release_id"])
+    module.exit_json(changed=True, recorded=True, release_id=doc["release_id"], dropped=nested)
+
+
+def drop_legacy(module: AnsibleModule, s3: Any) -> bool:
+    """Remove records under the destination's pre-0.2 key ('/' as '__': a/b and a__b shared it, so
+    such a record may describe another destination). True if one was there."""
+    p = module.params
+    found = False
+    for key in p["legacy_keys"]:
+        if key == p["key"] or not read_record(s3, p["bucket"], key):
+            continue
+        found = True
+        if not module.check_mode:
+            s3.delete_object(Bucket=p["bucket"], Key=key)
+    return found
+
+
+def records_below(s3: Any, bucket: str, key: str, dest: str) -> dict[str, str]:
+    """dest -> key of every record filed beside key (same live/ prefix) whose destination lies
+    strictly below dest. A record names its destination; older ones are told by their key."""
+    prefix = key.rsplit("/", 1)[0] + "/"
+    found: dict[str, str] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            name = obj["Key"][len(prefix):]
+            if obj["Key"] == key or "/" in name or not name.endswith(".json") or "%" not in name:
+                continue  # pre-0.2 keys ('__') are never trusted and go with their own destination
+            other = (read_record(s3, bucket, obj["Key"]).get("dest")) or key_to_target(name[:-len(".json")])
+            if other.startswith(dest + "/"):
+                found[other] = obj["Key"]
+    return found
+
+
+def drop_nested(module: AnsibleModule, s3: Any, files: dict[str, Any]) -> list[str]:
+    """After a release of dest, drop the records of destinations below it that the release changed:
+    all of them for replace and mirror (the tree below was made equal to src), those under which
+    src had files for a merge. Their next stage compares on the instance."""
+    p = module.params
+    if not p["dest"]:
+        return []
+    dropped = []
+    for other, key in sorted(records_below(s3, p["bucket"], p["key"], p["dest"]).items()):
+        inner = other[len(p["dest"]) + 1:] + "/"
+        if p["mode"] == "merge" and not any(rel.startswith(inner) for rel in files):
+            continue
+        dropped.append(other)
+        if not module.check_mode:
+            s3.delete_object(Bucket=p["bucket"], Key=key)
+    return dropped
 
 
 def forget(module: AnsibleModule, s3: Any) -> None:
+    """Drop the record of dest, and those of every destination below it (a rollback or a removal
+    changed the whole tree)."""
     p = module.params
     before = read_record(s3, p["bucket"], p["key"])
     if before and not module.check_mode:
         s3.delete_object(Bucket=p["bucket"], Key=p["key"])
-    module.exit_json(changed=bool(before), recorded=False, release_id=before.get("release_id"))
+    legacy = drop_legacy(module, s3)
+    nested = []
+    if p["dest"]:
+        for other, key in sorted(records_below(s3, p["bucket"], p["key"], p["dest"]).items()):
+            nested.append(other)
+            if not module.check_mode:
+                s3.delete_object(Bucket=p["bucket"], Key=key)
+    module.exit_json(changed=bool(before) or legacy or bool(nested), recorded=False,
+                     release_id=before.get("release_id"), dropped=nested)
 
 
 def main() -> None:
@@ -186,6 +282,8 @@ def main() -> None:
         mode=dict(type="str", default="replace", choices=["replace", "merge", "mirror"]),
         source_key=dict(type="str", no_log=False),
         release_id=dict(type="str"),
+        legacy_keys=dict(type="list", elements="str", default=[], no_log=False),
+        dest=dict(type="str"),
     )
     spec.update(AWS_COMMON_ARGS)
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True,

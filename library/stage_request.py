@@ -56,6 +56,18 @@ options:
   unpack_dir:
     description: Controller directory an archive O(src) is unpacked into (created, emptied first).
     type: path
+  keep:
+    description: Previous releases to keep (checked here, a whole number, 0 or more; returned as a number).
+    type: raw
+    default: 2
+  upload_concurrency:
+    description: Parallel transfers of the upload (checked here, 1-256).
+    type: raw
+    default: 16
+  pull_concurrency:
+    description: Parallel transfers of the pull on the instance (checked here, 1-256).
+    type: raw
+    default: 16
   run_id:
     description: Identifies this run; names its transfer prefix and staging directory.
     type: str
@@ -91,7 +103,9 @@ dest:
   returned: success
   type: str
 dest_key:
-  description: A flat name for the destination, used for its live manifest.
+  description:
+    - The destination's name in the transfer bucket and the releases area, with C(%) and C(/)
+      percent-encoded, so that distinct destinations never share one (e.g. C(data%2Freefguide)).
   returned: success
   type: str
 mode:
@@ -109,6 +123,42 @@ live_manifest_key:
   description: Object key of the manifest of what is live at O(dest), written after each release.
   returned: success
   type: str
+legacy_live_manifest_key:
+  description:
+    - Where versions before 0.2 kept that record (C(/) as C(__), so C(a/b) and C(a__b) shared it).
+      Never trusted; removed when the destination's record is next written or dropped.
+  returned: success
+  type: str
+staging_area:
+  description: The destination's area under C(.reefguide-staging), removed after its release.
+  returned: success
+  type: str
+cache_in_dest:
+  description:
+    - The workers' cache's path relative to O(dest) when O(dest) holds it (C(cache) for
+      C(data/reefguide)), else null.
+  returned: success
+  type: str
+cache:
+  description: The workers' cache relative to the EFS root (C(data/reefguide/cache)).
+  returned: success
+  type: str
+staging_root:
+  description: This tool's staging directory at the EFS root.
+  returned: success
+  type: str
+keep:
+  description: O(keep) as a number.
+  returned: success
+  type: int
+upload_concurrency:
+  description: O(upload_concurrency) as a number.
+  returned: success
+  type: int
+pull_concurrency:
+  description: O(pull_concurrency) as a number.
+  returned: success
+  type: int
 staging:
   description:
     - The staging directory, relative to the EFS root, one per destination (C(.reefguide-staging/<dest_key>/<dest>)),
@@ -118,59 +168,27 @@ staging:
 """
 
 import os
-import re
 import shutil
 import stat
 import tarfile
 import zipfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.reefguide.layout import CACHE
+from ansible.module_utils.reefguide.inputs import InputError, whole_number
+from ansible.module_utils.reefguide.layout import (
+    PRESETS,
+    DestinationError,
+    check_allowed,
+    destination_facts,
+    resolve_destination,
+)
 from ansible.module_utils.reefguide.paths import UnsafePathError, safe_relpath
 
-PRESETS = {"reefguide_data": "data/reefguide", "adria_datapackage": "data/reefguide/adria/datapackages"}
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")
-PACKAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 
 
 class RequestError(ValueError):
     pass
-
-
-def resolve_dest(p: dict) -> tuple[str, str]:
-    """(dest, default mode) from dest or preset."""
-    if p["dest"] and p["preset"]:
-        raise RequestError("give dest or preset, not both")
-    if p["preset"] == "adria_datapackage":
-        pkg = p["package"]
-        if not pkg:
-            raise RequestError("preset adria_datapackage needs package=<name> (e.g. Moore_2025-01-17_v070_rc1)")
-        if not PACKAGE_NAME.match(pkg):
-            raise RequestError("package %r is not a plain name (letters, digits, . _ + -)" % pkg)
-        return PRESETS["adria_datapackage"] + "/" + pkg, "replace"
-    if p["package"]:
-        raise RequestError("package is only used with preset=adria_datapackage")
-    if p["preset"] == "reefguide_data":
-        return PRESETS["reefguide_data"], "merge"
-    if not p["dest"]:
-        raise RequestError("say where to stage: dest=<path under the EFS root> or preset=reefguide_data|"
-                           "adria_datapackage")
-    if p["dest"].startswith("/"):
-        raise RequestError("dest %r is absolute: give it relative to the EFS root, e.g. data/reefguide/x"
-                           % p["dest"])
-    try:
-        return safe_relpath(p["dest"].rstrip("/"), "dest"), "replace"
-    except UnsafePathError as exc:
-        raise RequestError(str(exc))
-
-
-def check_allowed(dest: str, roots: list[str]) -> None:
-    norm_roots = [safe_relpath(r, "allowed root") for r in roots]
-    if not any(dest == r or dest.startswith(r + "/") for r in norm_roots):
-        raise RequestError("dest %r is outside the allowed roots (%s); set reefguide_allowed_roots in the "
-                           "inventory to widen them" % (dest, ", ".join(norm_roots)))
-    if dest == CACHE or dest.startswith(CACHE + "/"):
-        raise RequestError("%s is the workers' cache, not a destination: use clear_cache=true to empty it" % CACHE)
 
 
 def archive_kind(path: str) -> str:
@@ -215,6 +233,9 @@ def main() -> None:
             unpack_dir=dict(type="path"),
             run_id=dict(type="str", required=True),
             transfer_prefix=dict(type="str", default="reefguide-efs"),
+            keep=dict(type="raw", default=2),
+            upload_concurrency=dict(type="raw", default=16),
+            pull_concurrency=dict(type="raw", default=16),
         ),
         supports_check_mode=True,
     )
@@ -225,7 +246,10 @@ def main() -> None:
             raise RequestError("src %s does not exist (relative paths are from %s)" % (src, os.getcwd()))
         if not os.access(src, os.R_OK):
             raise RequestError("src %s is not readable by %s" % (src, os.getuid()))
-        dest, default_mode = resolve_dest(p)
+        numbers = {"keep": whole_number(p["keep"], "keep", 0),
+                   "upload_concurrency": whole_number(p["upload_concurrency"], "reefguide_upload_concurrency", 1, 256),
+                   "pull_concurrency": whole_number(p["pull_concurrency"], "reefguide_pull_concurrency", 1, 256)}
+        dest, default_mode = resolve_destination(p["dest"], p["preset"], p["package"])
         check_allowed(dest, p["allowed_roots"])
         run_id = safe_relpath(p["run_id"], "run_id")
         if "/" in run_id:
@@ -245,22 +269,12 @@ def main() -> None:
             raise RequestError("src %s is neither a file nor a directory" % src)
         elif not os.listdir(src):
             raise RequestError("src %s is an empty directory: nothing to stage" % src)
-    except (RequestError, UnsafePathError) as exc:
+    except (RequestError, DestinationError, InputError, UnsafePathError) as exc:
         module.fail_json(msg="stage request refused, nothing started: %s" % exc)
 
-    prefix = safe_relpath(p["transfer_prefix"], "transfer_prefix")
-    dest_key = dest.replace("/", "__")
-    module.exit_json(
-        changed=False,
-        upload_path=upload_path,
-        src_kind=kind,
-        dest=dest,
-        dest_key=dest_key,
-        mode=p["mode"] or default_mode,
-        run_prefix="%s/runs/%s/" % (prefix, dest_key),
-        live_manifest_key="%s/live/%s.json" % (prefix, dest_key),
-        staging=".reefguide-staging/%s/%s" % (dest_key, dest),
-    )
+    facts = destination_facts(dest, p["transfer_prefix"])
+    module.exit_json(changed=False, upload_path=upload_path, src_kind=kind, mode=p["mode"] or default_mode,
+                     **dict(facts, **numbers))
 
 
 if __name__ == "__main__":

@@ -172,7 +172,7 @@ def test_pull_killed_on_the_instance(ilab: Lab, tmp_path: Path) -> None:
     workers read, and the re-run uploads nothing and pulls only what is missing."""
     v1 = stage_v1(ilab, tmp_path)
     v2 = make_src(tmp_path / "v2", "v2")
-    staging = ilab.efs_path / ".reefguide-staging" / DEST.replace("/", "__") / DEST
+    staging = ilab.efs_path / ".reefguide-staging" / DEST.replace("/", "%2F") / DEST
     proc = start_stage(ilab, v2)
 
     def pulled_some() -> bool:

@@ -29,8 +29,10 @@ def test_presets_resolve_with_their_default_modes(tmp_path, src) -> None:
     r = req(tmp_path, src=str(src), preset="reefguide_data")
     assert (r["dest"], r["mode"], r["src_kind"]) == ("data/reefguide", "merge", "directory")
     # one per destination, not per run: a re-run after a failure resumes in them
-    assert r["run_prefix"] == "reefguide-efs/runs/data__reefguide/"
-    assert r["staging"] == ".reefguide-staging/data__reefguide/data/reefguide"
+    assert r["run_prefix"] == "reefguide-efs/runs/data%2Freefguide/"
+    assert r["staging"] == ".reefguide-staging/data%2Freefguide/data/reefguide"
+    assert r["live_manifest_key"] == "reefguide-efs/live/data%2Freefguide.json"
+    assert (r["cache_in_dest"], r["cache"]) == ("cache", "data/reefguide/cache")
     r = req(tmp_path, src=str(src), preset="adria_datapackage", package="Moore_2025-01-17_v070_rc1")
     assert (r["dest"], r["mode"]) == ("data/reefguide/adria/datapackages/Moore_2025-01-17_v070_rc1", "replace")
     r = req(tmp_path, src=str(src), dest="data/reefguide/criteria/", mode="mirror")
@@ -76,3 +78,29 @@ def test_archives_are_unpacked_and_bad_members_refused(tmp_path) -> None:
     r = req(tmp_path, src=str(evil), preset="reefguide_data", unpack_dir=str(tmp_path / "u2"))
     assert r.get("failed") and ".." in r["msg"]
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_destinations_that_differ_never_share_keys(tmp_path, src) -> None:
+    """Before 0.2, '/' became '__': data/reefguide/a/b and data/reefguide/a__b shared an upload
+    prefix and a live record, so the second stage of the same tree said 'nothing to do'."""
+    one = req(tmp_path, src=str(src), dest="data/reefguide/a/b")
+    two = req(tmp_path, src=str(src), dest="data/reefguide/a__b")
+    for key in ("dest_key", "run_prefix", "live_manifest_key", "staging", "staging_area"):
+        assert one[key] != two[key], key
+    # the record's old key is returned so that it can be dropped, never read
+    assert one["legacy_live_manifest_key"] == two["legacy_live_manifest_key"] == \
+        "reefguide-efs/live/data__reefguide__a__b.json"
+
+
+@pytest.mark.parametrize("args, words", [
+    ({"keep": -1}, "keep must be at least 0, got -1"),
+    ({"keep": "abc"}, "keep must be a whole number, got 'abc'"),
+    ({"upload_concurrency": 0}, "reefguide_upload_concurrency must be at least 1"),
+    ({"upload_concurrency": "abc"}, "reefguide_upload_concurrency must be a whole number"),
+    ({"pull_concurrency": 0}, "reefguide_pull_concurrency must be at least 1"),
+    ({"dest": "data/reefguide/" + "x" * 600}, "dest is 615 bytes long; at most 512"),
+])
+def test_numbers_and_lengths_are_checked_before_anything_starts(tmp_path, src, args, words) -> None:
+    args = dict({"dest": "data/reefguide/x"}, **args)
+    r = req(tmp_path, src=str(src), **args)
+    assert r.get("failed") and words in r["msg"] and "nothing started" in r["msg"], r

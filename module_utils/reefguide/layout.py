@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Optional
+import re
+from typing import Any, Optional
 
-from ansible.module_utils.reefguide.paths import safe_relpath
+from ansible.module_utils.reefguide.paths import UnsafePathError, safe_relpath
 
 # The workers read data/reefguide and keep their cache in it; the cache must always exist.
 WORKERS_ROOT = "data/reefguide"
@@ -59,3 +60,80 @@ def efs_root_problem(root: str) -> Optional[str]:
     if os.path.isdir(root):
         return None
     return "EFS root %s is not a directory: is EFS mounted (efs_mount)?" % root
+
+
+# -- destinations: where a stage, rollback or fetch points, and what it is filed under -----------
+
+# preset -> destination (adria_datapackage: one directory per package below it)
+PRESETS = {"reefguide_data": WORKERS_ROOT, "adria_datapackage": WORKERS_ROOT + "/adria/datapackages"}
+PACKAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
+# S3 keys are at most 1,024 bytes and a file's upload key is the destination's key plus its path.
+MAX_DEST_BYTES = 512
+
+
+class DestinationError(ValueError):
+    """A destination the user gave that cannot be used; the message says what to give instead."""
+
+
+def resolve_destination(dest: Optional[str], preset: Optional[str], package: Optional[str]) -> tuple[str, str]:
+    """(destination relative to the EFS root, the preset's default mode) from dest or preset."""
+    if dest and preset:
+        raise DestinationError("give dest or preset, not both")
+    if preset and preset not in PRESETS:
+        raise DestinationError("preset %r is not one of %s" % (preset, ", ".join(PRESETS)))
+    if preset == "adria_datapackage":
+        if not package:
+            raise DestinationError("preset adria_datapackage needs package=<name> (e.g. Moore_2025-01-17_v070_rc1)")
+        if not PACKAGE_NAME.match(package):
+            raise DestinationError("package %r is not a plain name (letters, digits, . _ + -)" % package)
+        return PRESETS["adria_datapackage"] + "/" + package, "replace"
+    if package:
+        raise DestinationError("package is only used with preset=adria_datapackage")
+    if preset == "reefguide_data":
+        return PRESETS["reefguide_data"], "merge"
+    if not dest:
+        raise DestinationError("say where: dest=<path under the EFS root> or preset=reefguide_data|adria_datapackage")
+    if dest.startswith("/"):
+        raise DestinationError("dest %r is absolute: give it relative to the EFS root, e.g. data/reefguide/x" % dest)
+    if len(os.fsencode(dest)) > MAX_DEST_BYTES:
+        raise DestinationError("dest is %d bytes long; at most %d (S3 keys are limited to 1,024 bytes, and each "
+                               "file's key is the destination's plus the file's path)"
+                               % (len(os.fsencode(dest)), MAX_DEST_BYTES))
+    try:
+        return safe_relpath(dest, "dest"), "replace"
+    except UnsafePathError as exc:
+        raise DestinationError(str(exc))
+
+
+def check_allowed(path: str, roots: list[str], what: str = "dest") -> None:
+    """path (normalised) lies under one of roots and is not the workers' cache."""
+    norm_roots = [safe_relpath(r, "allowed root") for r in roots]
+    if not any(path == r or path.startswith(r + "/") for r in norm_roots):
+        raise DestinationError("%s %r is outside the allowed roots (%s); set reefguide_allowed_roots in the "
+                               "inventory to widen them" % (what, path, ", ".join(norm_roots)))
+    if path == CACHE or path.startswith(CACHE + "/"):
+        raise DestinationError("%s %s is the workers' cache, which must always exist: use clear_cache=true to "
+                               "empty it" % (what, CACHE))
+
+
+def destination_facts(dest: str, transfer_prefix: str) -> dict[str, Any]:
+    """Everything filed under a destination, for the roles and the remote part (which cannot import
+    this file): its key (the same percent-encoding as its releases), the upload prefix, the record
+    of what is live (and its key before the encoding was made collision-free), the staging area,
+    and where the workers' cache lies inside it."""
+    key = target_key(dest)
+    prefix = safe_relpath(transfer_prefix, "transfer_prefix")
+    return {
+        "dest": dest,
+        "dest_key": key,
+        "run_prefix": "%s/runs/%s/" % (prefix, key),
+        "live_manifest_key": "%s/live/%s.json" % (prefix, key),
+        # written by versions before 0.2 ('/' as '__', which let a/b and a__b collide): never trusted,
+        # removed when the destination's record is next written or dropped
+        "legacy_live_manifest_key": "%s/live/%s.json" % (prefix, dest.replace("/", "__")),
+        "staging_area": "%s/%s" % (STAGING_DIR, key),
+        "staging": "%s/%s/%s" % (STAGING_DIR, key, dest),
+        "cache_in_dest": cache_inside(dest),
+        "cache": CACHE,
+        "staging_root": STAGING_DIR,
+    }

@@ -1,0 +1,92 @@
+"""The record of what is live never lies: after every operation of ours that changes a destination,
+a stage of the same data either does nothing because EFS already holds it, or stages and then
+EFS holds it (docs/reliability.md, "The record of what is live")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT, run_playbook
+from lab import Lab, running_lab
+
+INVENTORY = ROOT / "inventory" / "lab.yml"
+NOTHING = "Nothing to do"
+
+
+@pytest.fixture(scope="module")
+def rlab(tmp_path_factory):
+    with running_lab(tmp_path_factory.mktemp("record-lab")) as lab:
+        yield lab
+
+
+def make(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def play(lab: Lab, *args: str) -> str:
+    run = run_playbook(lab.env, INVENTORY, *args)
+    assert run.returncode == 0, run.stdout[-4000:]
+    return run.stdout
+
+
+def stage(lab: Lab, src: Path, dest: str, *extra: str) -> str:
+    return play(lab, "stage_data.yml", "-e", "src=%s" % src, "-e", "dest=%s" % dest, *extra)
+
+
+def test_two_destinations_that_used_to_share_a_key_are_staged_apart(rlab: Lab, tmp_path: Path) -> None:
+    src = make(tmp_path / "t", {"a.txt": "same tree\n"})
+    stage(rlab, src, "data/reefguide/keys/a/b")
+    out = stage(rlab, src, "data/reefguide/keys/a__b")
+    assert NOTHING not in out, out[-3000:]
+    assert tree(rlab.efs_path / "data/reefguide/keys/a__b") == tree(src)
+
+
+def test_a_rollback_given_with_a_trailing_slash_drops_the_record(rlab: Lab, tmp_path: Path) -> None:
+    v1, v2 = make(tmp_path / "v1", {"f": "1\n"}), make(tmp_path / "v2", {"f": "2\n"})
+    stage(rlab, v1, "data/reefguide/k")
+    stage(rlab, v2, "data/reefguide/k")
+    play(rlab, "rollback.yml", "-e", "dest=data/reefguide/k/")
+    assert tree(rlab.efs_path / "data/reefguide/k") == tree(v1)
+    out = stage(rlab, v2, "data/reefguide/k")
+    assert NOTHING not in out and tree(rlab.efs_path / "data/reefguide/k") == tree(v2), out[-3000:]
+
+
+def test_a_teardown_remove_drops_the_record(rlab: Lab, tmp_path: Path) -> None:
+    v1 = make(tmp_path / "v1", {"f": "removed then staged again\n"})
+    stage(rlab, v1, "data/reefguide/gone")
+    play(rlab, "teardown.yml", "-e", '{"remove": ["data/reefguide/gone"]}')
+    assert not (rlab.efs_path / "data/reefguide/gone").exists()
+    out = stage(rlab, v1, "data/reefguide/gone")
+    assert NOTHING not in out and tree(rlab.efs_path / "data/reefguide/gone") == tree(v1), out[-3000:]
+
+
+def test_a_mirror_of_an_ancestor_drops_the_records_below_it(rlab: Lab, tmp_path: Path) -> None:
+    inner = make(tmp_path / "inner", {"x": "inner\n"})
+    stage(rlab, inner, "data/reefguide/m/inner")
+    stage(rlab, make(tmp_path / "outer", {"y": "outer\n"}), "data/reefguide/m", "-e", "mode=mirror")
+    assert not (rlab.efs_path / "data/reefguide/m/inner").exists()
+    out = stage(rlab, inner, "data/reefguide/m/inner")
+    assert NOTHING not in out and tree(rlab.efs_path / "data/reefguide/m/inner") == tree(inner), out[-3000:]
+
+
+def test_replace_after_merge_converges(rlab: Lab, tmp_path: Path) -> None:
+    a = make(tmp_path / "a", {"a1": "a\n", "a2": "a\n"})
+    b = make(tmp_path / "b", {"b1": "b\n"})
+    stage(rlab, a, "data/reefguide/mix")
+    merged = stage(rlab, b, "data/reefguide/mix", "-e", "mode=merge")
+    assert "0 removed" in merged, merged[-3000:]  # a merge removes nothing, and its plan says so
+    assert tree(rlab.efs_path / "data/reefguide/mix") == dict(tree(a), **tree(b))
+    out = stage(rlab, b, "data/reefguide/mix", "-e", "mode=replace")
+    assert NOTHING not in out, out[-3000:]
+    assert tree(rlab.efs_path / "data/reefguide/mix") == tree(b)
+    # and now the record is the truth: the same again does nothing
+    assert NOTHING in stage(rlab, b, "data/reefguide/mix", "-e", "mode=replace")
