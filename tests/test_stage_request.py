@@ -229,3 +229,23 @@ def test_a_src_holding_no_regular_file_is_refused(tmp_path) -> None:
     os.mkfifo(tmp_path / "lone-fifo")
     r = req(tmp_path, src=str(tmp_path / "lone-fifo"), dest="data/reefguide/x")
     assert r.get("failed") and "FIFO" in r["msg"] and "nothing to stage" in r["msg"], r
+
+
+def test_a_member_that_holds_more_or_fewer_bytes_than_declared_is_stopped_at_the_declared_size(tmp_path) -> None:
+    """The writer itself, whatever the archive library lets through: it reads at most one byte past the
+    declared size."""
+    from ansible.module_utils.reefguide.archives import ArchiveError, Member, _write_file
+
+    class Stream(io.BytesIO):
+        asked = 0
+
+        def read(self, n=-1):
+            Stream.asked += n if n > 0 else 10 ** 9
+            return super().read(n)
+
+    member = Member("m.bin", False, 1000, 0.0, None)
+    with pytest.raises(ArchiveError, match="does not hold the 1000 bytes its header declares .it holds more"):
+        _write_file("x.zip", Stream(b"A" * 10 ** 7), str(tmp_path / "more"), member)
+    assert Stream.asked == 1001 and (tmp_path / "more").stat().st_size <= 1000
+    with pytest.raises(ArchiveError, match="it holds fewer"):
+        _write_file("x.zip", io.BytesIO(b"A" * 10), str(tmp_path / "fewer"), member)

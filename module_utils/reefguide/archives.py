@@ -185,9 +185,9 @@ def read_index(src: str, archive, max_members: int) -> list[Member]:
 
 
 def _too_many(src: str, limit: int) -> ArchiveError:
-    return ArchiveError("src %s: the archive holds more than %d members (files and directories), the limit set by "
-                        "%s; nothing was unpacked. If it is meant to hold that many, raise the limit (-e %s=<count>), "
-                        "%s" % (src, limit, MAX_MEMBERS_VAR, MAX_MEMBERS_VAR, ELSE))
+    return ArchiveError("src %s: the archive holds more than %s (files and directories), the limit set by %s; "
+                        "nothing was unpacked. If it is meant to hold that many, raise the limit (-e %s=<count>), %s"
+                        % (src, _plural(limit, "member"), MAX_MEMBERS_VAR, MAX_MEMBERS_VAR, ELSE))
 
 
 def check_limits(src: str, members: list[Member], max_bytes: int, into: str) -> None:
