@@ -63,8 +63,7 @@ options:
   unpack_dir:
     description:
       - Controller directory an archive O(src) is unpacked into. It must not exist yet (it is created,
-        mode 0700) or be an empty directory of this user with mode 0700 (e.g. from C(mktemp -d)); anything
-        else is refused and left as it is.
+        mode 0700); one that exists, even empty, is refused and left as it is.
       - Default a new private directory in C($TMPDIR), C(reefguide-efs-unpack-<run_id>-XXXXXXXX).
     type: path
   max_unpacked_bytes:

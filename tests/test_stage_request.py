@@ -155,11 +155,15 @@ def test_an_existing_unpack_dir_is_refused_not_emptied(tmp_path) -> None:
     assert r.get("failed") and "0700" in r["msg"], r
     assert os.listdir(shared) == []
 
-    mine = tmp_path / "mine"  # an empty private directory (mktemp -d) is used as it is
-    mine.mkdir()
-    os.chmod(mine, 0o700)
-    r = req(tmp_path, src=str(zpath), dest="data/reefguide/x", unpack_dir=str(mine))
-    assert not r.get("failed") and tree(mine) == {"a.txt": b"new"}, r
+    just_made = tmp_path / "just-made"  # empty and private: another run may have just made it
+    just_made.mkdir()
+    os.chmod(just_made, 0o700)
+    r = req(tmp_path, src=str(zpath), dest="data/reefguide/x", unpack_dir=str(just_made))
+    assert r.get("failed") and "another run's" in r["msg"] and "does not exist yet" in r["msg"], r
+    assert just_made.is_dir() and os.listdir(just_made) == []
+
+    r = req(tmp_path, src=str(zpath), dest="data/reefguide/x", unpack_dir=str(tmp_path / "new"))
+    assert not r.get("failed") and tree(tmp_path / "new") == {"a.txt": b"new"}, r
 
 
 def test_archive_size_and_member_limits_refuse_before_anything_is_written(tmp_path) -> None:

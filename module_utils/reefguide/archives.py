@@ -6,8 +6,8 @@
 # before anything is written; then the members are written one by one, each stopped the moment
 # it would hold more bytes than its header declares. Only regular files and directories are
 # unpacked ('.' is the root itself and is skipped); links, devices, FIFOs, absolute paths and
-# '..' are refused. Everything goes into a private directory (0700) that this run made, or an
-# empty private one it was given; on any failure what was unpacked is removed again.
+# '..' are refused. Everything goes into a private directory (0700) that this call creates (never
+# one that exists already: it may be another run's); on any failure it is removed again.
 
 from __future__ import annotations
 
@@ -209,16 +209,16 @@ def check_limits(src: str, members: list[Member], max_bytes: int, into: str) -> 
 
 # -- the directory it goes into ----------------------------------------------------------------
 
-def make_unpack_dir(unpack_dir: Optional[str], run_id: str) -> tuple[str, bool]:
-    """(directory, created): a new private one in $TMPDIR when unpack_dir is not given; else
-    unpack_dir, created 0700, or used as it is if it is an empty directory of ours with mode 0700.
-    Anything else is refused and left exactly as it was."""
+def make_unpack_dir(unpack_dir: Optional[str], run_id: str) -> str:
+    """A new private directory (0700) made by this call: in $TMPDIR when unpack_dir is not given,
+    else unpack_dir itself. An unpack_dir that exists already, even empty, is refused and left
+    exactly as it was: only a directory this run made is unpacked into, and removed."""
     if not unpack_dir:
-        return tempfile.mkdtemp(prefix="%s%s-" % (UNPACK_PREFIX, run_id)), True
+        return tempfile.mkdtemp(prefix="%s%s-" % (UNPACK_PREFIX, run_id))
     try:
-        os.mkdir(unpack_dir, 0o700)
+        os.mkdir(unpack_dir, 0o700)  # exclusive: two runs never get the same directory
         os.chmod(unpack_dir, 0o700)  # whatever the umask
-        return unpack_dir, True
+        return unpack_dir
     except FileExistsError:
         pass
     except OSError as exc:
@@ -235,23 +235,10 @@ def make_unpack_dir(unpack_dir: Optional[str], run_id: str) -> tuple[str, bool]:
     elif os.listdir(unpack_dir):
         problem = "is not empty (it may be another run's)"
     else:
-        return unpack_dir, False
+        problem = "may be another run's (a run unpacks only into a directory it creates)"
     raise ArchiveError("unpack_dir %s (%s) already exists and %s: nothing in it was touched. Give a directory that "
-                       "does not exist yet, or leave %s empty for a new private directory in $TMPDIR"
-                       % (unpack_dir, UNPACK_DIR_VAR, problem, UNPACK_DIR_VAR))
-
-
-def remove_unpacked(path: str, created: bool) -> None:
-    """Undo an unpack: the directory if this run made it, else only what was put in it."""
-    if created:
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    for name in os.listdir(path):
-        child = os.path.join(path, name)
-        if os.path.isdir(child) and not os.path.islink(child):
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            os.unlink(child)
+                       "does not exist yet (one per deployment), or leave %s empty for a new private directory in "
+                       "$TMPDIR" % (unpack_dir, UNPACK_DIR_VAR, problem, UNPACK_DIR_VAR))
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -310,7 +297,7 @@ def unpack(src: str, unpack_dir: Optional[str], run_id: str, max_bytes: int = DE
            max_members: int = DEFAULT_MAX_MEMBERS) -> str:
     """Unpack archive src into a private directory (see make_unpack_dir) and return it; on any
     failure nothing unpacked is left behind."""
-    into, created = make_unpack_dir(unpack_dir, run_id)
+    into = make_unpack_dir(unpack_dir, run_id)
     try:
         try:
             with _open_archive(src) as archive:
@@ -325,6 +312,6 @@ def unpack(src: str, unpack_dir: Optional[str], run_id: str, max_bytes: int = DE
                                "space and permissions there, or set TMPDIR (or %s) to another directory"
                                % (src, into, exc, UNPACK_DIR_VAR))
     except BaseException:
-        remove_unpacked(into, created)
+        shutil.rmtree(into, ignore_errors=True)
         raise
     return into
