@@ -10,10 +10,17 @@ short_description: Validate and resolve what stage_data.yml was asked to do
 description:
   - Checks O(src), O(dest) or O(preset), O(mode) before anything is started, uploaded or changed,
     and resolves them into the paths the rest of the run uses.
-  - A C(.zip), C(.tar.gz) or C(.tgz) O(src) is unpacked on the controller into O(unpack_dir)
-    (names checked first; no absolute paths, no C(..), no links leaving the archive) so that it is
-    staged, verified and released file by file like a directory.
-  - Runs on the controller. Changes nothing but O(unpack_dir).
+  - A C(.zip), C(.tar.gz) or C(.tgz) O(src) is unpacked on the controller into a private directory
+    (O(unpack_dir), or a new one per run) so that it is staged, verified and released file by file
+    like a directory. Its index is read first, before anything is written - every member must be a
+    regular file or a directory with a relative path (a C(.) member is the root itself; absolute
+    paths, C(..), links, devices and FIFOs are refused) and the declared sizes must stay within
+    O(max_unpacked_bytes) and the members within O(max_members); while writing, a member that holds
+    more or fewer bytes than its header declares stops the unpack. On any failure what was unpacked
+    is removed.
+  - A O(src) that holds no regular file (only FIFOs, sockets, devices, empty directories) is refused.
+  - Runs on the controller. Changes nothing but the unpack directory, which the caller removes at
+    the end of the run (RV(upload_path) when RV(src_kind) is V(archive)).
 version_added: "0.1.0"
 author: reefguide-efs developers
 options:
@@ -54,8 +61,23 @@ options:
     elements: str
     default: [data/reefguide]
   unpack_dir:
-    description: Controller directory an archive O(src) is unpacked into (created, emptied first).
+    description:
+      - Controller directory an archive O(src) is unpacked into. It must not exist yet (it is created,
+        mode 0700); one that exists, even empty, is refused and left as it is.
+      - Default a new private directory in C($TMPDIR), C(reefguide-efs-unpack-<run_id>-XXXXXXXX).
     type: path
+  max_unpacked_bytes:
+    description:
+      - An archive O(src) whose members add up to more bytes than this (from its index) is refused before
+        anything is written. Set by the role variable C(reefguide_archive_max_bytes).
+    type: int
+    default: 107374182400
+  max_members:
+    description:
+      - An archive O(src) with more members (files and directories) than this is refused before anything
+        is written. Set by the role variable C(reefguide_archive_max_files).
+    type: int
+    default: 1000000
   keep:
     description: Previous releases to keep (checked here, a whole number, 0 or more; returned as a number).
     type: raw
@@ -168,12 +190,17 @@ staging:
 """
 
 import os
-import shutil
-import stat
-import tarfile
-import zipfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.reefguide.archives import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_MEMBERS,
+    ArchiveError,
+    archive_kind,
+    check_has_regular_file,
+    describe_special,
+    unpack,
+)
 from ansible.module_utils.reefguide.inputs import InputError, whole_number
 from ansible.module_utils.reefguide.layout import (
     PRESETS,
@@ -184,41 +211,9 @@ from ansible.module_utils.reefguide.layout import (
 )
 from ansible.module_utils.reefguide.paths import UnsafePathError, safe_relpath
 
-ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")
-
 
 class RequestError(ValueError):
     pass
-
-
-def archive_kind(path: str) -> str:
-    low = path.lower()
-    for suffix in ARCHIVE_SUFFIXES:
-        if low.endswith(suffix):
-            return suffix
-    return ""
-
-
-def unpack(src: str, into: str) -> None:
-    """Unpack after checking every member; nothing is written for a bad archive."""
-    if os.path.isdir(into):
-        shutil.rmtree(into)
-    os.makedirs(into)
-    if src.lower().endswith(".zip"):
-        with zipfile.ZipFile(src) as zf:
-            for info in zf.infolist():
-                safe_relpath(info.filename.rstrip("/"), "archive member")
-                if stat.S_ISLNK(info.external_attr >> 16):
-                    raise RequestError("archive member %r is a symlink: not staged" % info.filename)
-            zf.extractall(into)
-        return
-    with tarfile.open(src, "r:gz") as tf:
-        members = tf.getmembers()
-        for m in members:
-            safe_relpath(m.name.rstrip("/"), "archive member")
-            if not (m.isfile() or m.isdir()):
-                raise RequestError("archive member %r is not a plain file or directory: not staged" % m.name)
-        tf.extractall(into, members=members, filter="data")
 
 
 def main() -> None:
@@ -231,6 +226,8 @@ def main() -> None:
             mode=dict(type="str", choices=["replace", "merge", "mirror"]),
             allowed_roots=dict(type="list", elements="str", default=["data/reefguide"]),
             unpack_dir=dict(type="path"),
+            max_unpacked_bytes=dict(type="int", default=DEFAULT_MAX_BYTES),
+            max_members=dict(type="int", default=DEFAULT_MAX_MEMBERS),
             run_id=dict(type="str", required=True),
             transfer_prefix=dict(type="str", default="reefguide-efs"),
             keep=dict(type="raw", default=2),
@@ -254,25 +251,21 @@ def main() -> None:
         run_id = safe_relpath(p["run_id"], "run_id")
         if "/" in run_id:
             raise RequestError("run_id %r must be one path component" % run_id)
+        # everything that can refuse the request comes before the unpack, which writes
+        facts = destination_facts(dest, p["transfer_prefix"])
         kind, upload_path = "directory", src
         if os.path.isfile(src) and archive_kind(src):
-            if not p["unpack_dir"]:
-                raise RequestError("an archive src needs unpack_dir")
-            kind, upload_path = "archive", p["unpack_dir"]
-            try:
-                unpack(src, upload_path)
-            except (UnsafePathError, tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
-                raise RequestError("archive %s cannot be staged: %s" % (src, exc))
+            kind = "archive"
+            upload_path = unpack(src, p["unpack_dir"], run_id, p["max_unpacked_bytes"], p["max_members"])
         elif os.path.isfile(src):
             kind = "file"
         elif not os.path.isdir(src):
-            raise RequestError("src %s is neither a file nor a directory" % src)
-        elif not os.listdir(src):
-            raise RequestError("src %s is an empty directory: nothing to stage" % src)
-    except (RequestError, DestinationError, InputError, UnsafePathError) as exc:
+            raise RequestError(describe_special(src))
+        else:
+            check_has_regular_file(src)
+    except (RequestError, DestinationError, InputError, UnsafePathError, ArchiveError) as exc:
         module.fail_json(msg="stage request refused, nothing started: %s" % exc)
 
-    facts = destination_facts(dest, p["transfer_prefix"])
     module.exit_json(changed=False, upload_path=upload_path, src_kind=kind, mode=p["mode"] or default_mode,
                      **dict(facts, **numbers))
 

@@ -31,14 +31,20 @@ def ansible_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     return env
 
 
-def run_playbook(lab_env: dict[str, str], inventory: Path, *args: str, timeout: float = 600,
-                 env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
-    """ansible-playbook from the repository root, human-readable output (what users read)."""
+def playbook_command(lab_env: dict[str, str], inventory: Path, *args: str,
+                     env: Optional[dict[str, str]] = None) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of ansible-playbook with human-readable output (what users read); run from ROOT."""
     full = ansible_env(lab_env)
     full["ANSIBLE_STDOUT_CALLBACK"] = "default"
     full.update(env or {})
-    return subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), *args], cwd=ROOT, env=full,
-                          capture_output=True, text=True, timeout=timeout)
+    return [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), *args], full
+
+
+def run_playbook(lab_env: dict[str, str], inventory: Path, *args: str, timeout: float = 600,
+                 env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """ansible-playbook from the repository root, human-readable output (what users read)."""
+    argv, full = playbook_command(lab_env, inventory, *args, env=env)
+    return subprocess.run(argv, cwd=ROOT, env=full, capture_output=True, text=True, timeout=timeout)
 
 
 def run_module(
@@ -84,3 +90,14 @@ def run_module(
             % (proc.returncode, exc, proc.stdout[-3000:], proc.stderr[-3000:])
         )
     return result
+
+
+def tree(root: Path | str) -> dict[str, bytes]:
+    """relative path (bytes-exact, via os.fsencode) -> content of every file below root, symlinks read through."""
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, root)] = fh.read()
+    return out

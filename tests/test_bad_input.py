@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, run_playbook
+from helpers import ROOT, run_playbook, tree
 from lab import Lab
 
 INVENTORY = ROOT / "inventory" / "lab.yml"
@@ -39,17 +39,6 @@ NASTY = {
     "%41%2F.txt": b"percent",
     "tab\there.txt": b"tab",
 }
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    """relative path (bytes-exact, via os.fsencode) -> content, symlinks read through."""
-    out = {}
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as fh:
-                out[os.path.relpath(path, root)] = fh.read()
-    return out
 
 
 def test_hostile_names_are_staged_byte_for_byte_and_never_run(lab: Lab, tmp_path: Path) -> None:
