@@ -43,6 +43,8 @@ options:
       - V(kept_alive) refreshes the heartbeat every O(ttl)/3 seconds while O(run_id) holds the lock
         (meant to run in the background, C(async) with C(poll=0)). Ends without error when the lock
         is no longer this run's, when the process O(watch_pid) is gone, or after O(max_seconds).
+        When O(watch_pid) is gone and the lock is still this run's, it removes the heartbeat (the
+        run is known dead), so V(broken) breaks the lock without waiting for the ttl.
     type: str
     choices: [present, absent, broken, refreshed, kept_alive]
     default: present
@@ -265,6 +267,23 @@ def refresh(s3: Any, bucket: str, key: str, run_id: str) -> tuple[bool, dict[str
     return True, lock, before
 
 
+def orphan(s3: Any, bucket: str, key: str, run_id: str, pid: int) -> dict[str, Any]:
+    """The run's ansible-playbook process ended without releasing its lock (Ctrl-C): drop the
+    heartbeat, so break_lock=true can break the lock at once instead of after the ttl."""
+    try:
+        got = s3.get_object(Bucket=bucket, Key=key)
+        lock = json.loads(got["Body"].read())
+    except Exception:
+        return {}
+    if lock.get("run_id") != run_id:
+        return lock
+    lock.pop("heartbeat", None)
+    lock["ended"] = "%s: its ansible-playbook process (pid %s) ended without releasing the lock" % (utc_now(), pid)
+    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(lock).encode(), IfMatch=got["ETag"],
+                  ServerSideEncryption="AES256", ContentType="application/json")
+    return lock
+
+
 def refreshed(module: AnsibleModule, s3: Any) -> None:
     p = module.params
     if module.check_mode:
@@ -309,7 +328,11 @@ def kept_alive(module: AnsibleModule, s3: Any, previous: dict[str, Any]) -> None
     next_at = start + interval
     while True:
         if not alive(p["watch_pid"]):
-            module.exit_json(changed=refreshes > 0, lock=lock, previous=previous, refreshes=refreshes,
+            try:
+                lock = orphan(s3, p["bucket"], p["key"], p["run_id"], p["watch_pid"])
+            except Exception as exc:
+                errors.append(str(exc))
+            module.exit_json(changed=True, lock=lock, previous=previous, refreshes=refreshes,
                              msg="stopped: the run (pid %s) is gone" % p["watch_pid"], errors=errors[-5:])
         now = time.monotonic()
         if now >= deadline:

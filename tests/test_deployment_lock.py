@@ -114,9 +114,12 @@ def test_the_keeper_refreshes_while_the_lock_is_ours_and_stops_when_it_is_releas
     assert "Contents" not in s3.list_objects_v2(Bucket=lab.bucket, Prefix=KEY), "released lock came back"
 
 
-def test_the_keeper_stops_when_the_run_it_watches_is_gone(lab: Lab) -> None:
+def test_the_keeper_stops_when_the_run_it_watches_is_gone_and_leaves_the_lock_breakable(lab: Lab) -> None:
     lock(lab, run_id="run-w", ttl=30)
     t0 = time.time()
     ended = lock(lab, run_id="run-w", state="kept_alive", ttl=30, max_seconds=60, watch_pid=2 ** 22 + 1)
     assert time.time() - t0 < 20 and not ended.get("failed") and "gone" in ended["msg"], ended
-    lock(lab, run_id="run-w", state="absent")
+    # the run is known dead: its lock is breakable at once, not only after the ttl
+    broken = lock(lab, state="broken")
+    assert not broken.get("failed") and broken["previous"]["run_id"] == "run-w", broken
+    assert "heartbeat" not in broken["previous"] and "ended without releasing" in broken["previous"]["ended"]
