@@ -1,0 +1,67 @@
+"""A live run's lock is not broken by `break_lock=true`: the stage refreshes its lock's
+heartbeat in the background, so a teardown started while it runs is refused and the stage
+completes (docs/reliability.md, "Runs that interfere")."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from test_interruptions import make_src, remote_part, tree, wait_for
+
+from helpers import ROOT, VENV_BIN, ansible_env, run_playbook
+from lab import Lab, running_lab
+
+INVENTORY = ROOT / "inventory" / "lab.yml"
+DEST = "data/reefguide/heartbeat"
+TTL = 6
+
+
+@pytest.fixture(scope="module")
+def hlab(tmp_path_factory):
+    with running_lab(tmp_path_factory.mktemp("hlab")) as lab:
+        yield lab
+
+
+def lock_object(lab: Lab) -> dict:
+    try:
+        body = lab.client("s3").get_object(Bucket=lab.bucket, Key="reefguide-efs/lock.json")["Body"].read()
+    except Exception:
+        return {}
+    return json.loads(body)
+
+
+def test_break_lock_true_is_refused_while_the_stage_runs(hlab: Lab, tmp_path: Path) -> None:
+    src = make_src(tmp_path / "src", "live", files=1500)
+    env = ansible_env(hlab.env)
+    env["ANSIBLE_STDOUT_CALLBACK"] = "default"
+    # a boot that outlasts the ttl: without a heartbeat the lock would look stale by the remote part
+    hlab.set_boot_delay(TTL + 3)
+    try:
+        stage = subprocess.Popen([str(VENV_BIN / "ansible-playbook"), "-i", str(INVENTORY), "stage_data.yml",
+                                  "-e", "src=%s" % src, "-e", "dest=%s" % DEST, "-e", "reefguide_lock_ttl=%d" % TTL],
+                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 start_new_session=True)
+        wait_for("the stage's lock", lambda: bool(lock_object(hlab)), stage)
+        taken = time.time()
+        wait_for("remote session", lambda: remote_part(hlab), stage)
+        assert time.time() - taken > TTL, "the stage reached its remote part before its lock was ttl old"
+        tidy = run_playbook(hlab.env, INVENTORY, "teardown.yml", "-e", "break_lock=true")
+        out, _ = stage.communicate(timeout=600)
+    finally:
+        hlab.set_boot_delay(1)
+    assert tidy.returncode != 0, tidy.stdout[-3000:]
+    assert "heartbeat" in tidy.stdout and "break_lock=force" in tidy.stdout, tidy.stdout[-3000:]
+    assert stage.returncode == 0, out[-3000:]
+    assert tree(hlab.efs_path / DEST) == tree(src)
+    assert lock_object(hlab) == {}
+    assert hlab.status()["instances"][hlab.instance_id]["ec2_state"] == "stopped"
+
+
+def test_break_lock_accepts_only_true_false_or_force(hlab: Lab) -> None:
+    run = run_playbook(hlab.env, INVENTORY, "teardown.yml", "-e", "break_lock=maybe")
+    assert run.returncode != 0 and "break_lock" in run.stdout and "force" in run.stdout, run.stdout[-3000:]
+    assert lock_object(hlab) == {}
