@@ -216,6 +216,16 @@ def take(module: AnsibleModule, s3: Any, previous: dict[str, Any]) -> None:
     module.exit_json(changed=True, lock=lock, previous=previous)
 
 
+def delete_lock(module: AnsibleModule, s3: Any, previous: dict[str, Any], doing: str) -> None:
+    p = module.params
+    if not module.check_mode:
+        try:
+            s3.delete_object(Bucket=p["bucket"], Key=p["key"])
+        except Exception as exc:
+            fail_aws(module, exc, "%s the lock s3://%s/%s" % (doing, p["bucket"], p["key"]))
+    module.exit_json(changed=True, lock={}, previous=previous)
+
+
 def break_lock(module: AnsibleModule, s3: Any, previous: dict[str, Any]) -> None:
     p = module.params
     age = heartbeat_age(previous)
@@ -230,12 +240,7 @@ def break_lock(module: AnsibleModule, s3: Any, previous: dict[str, Any]) -> None
                 "its heartbeat is %d s old) and retry, or break it anyway with -e break_lock=force"
                 % (describe(previous), age, ttl, int(ttl - age) + 1, ttl),
             lock=previous, previous=previous)
-    if not module.check_mode:
-        try:
-            s3.delete_object(Bucket=p["bucket"], Key=p["key"])
-        except Exception as exc:
-            fail_aws(module, exc, "breaking the lock s3://%s/%s" % (p["bucket"], p["key"]))
-    module.exit_json(changed=True, lock={}, previous=previous)
+    delete_lock(module, s3, previous, "breaking")
 
 
 def refresh(s3: Any, bucket: str, key: str, run_id: str) -> tuple[bool, dict[str, Any], dict[str, Any]]:
@@ -394,12 +399,7 @@ def main() -> None:
         module.exit_json(changed=False, lock=previous, previous=previous)
     if p["state"] == "broken":
         break_lock(module, s3, previous)
-    if not module.check_mode:
-        try:
-            s3.delete_object(Bucket=p["bucket"], Key=p["key"])
-        except Exception as exc:
-            fail_aws(module, exc, "releasing the lock s3://%s/%s" % (p["bucket"], p["key"]))
-    module.exit_json(changed=True, lock={}, previous=previous)
+    delete_lock(module, s3, previous, "releasing")
 
 
 if __name__ == "__main__":
