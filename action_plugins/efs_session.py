@@ -48,6 +48,9 @@ ARGUMENT_SPEC: dict[str, Any] = dict(
     endpoint_url=dict(type="str"),
     region=dict(type="str"),
 )
+# Modules that write on EFS, and the argument that makes them refuse when it is no longer mounted.
+# (s3_sync takes the mount point itself: it also runs on the controller, with no mount to check).
+MUST_FIND_EFS_MOUNTED = ("efs_staging", "efs_tidy", "efs_release", "s3_sync")
 REQUIRED_IF = [
     ("operation", "stage", ("bucket", "prefix", "dest", "staging", "staging_area", "run_id")),
     ("operation", "teardown", ("staging_root",)),
@@ -110,6 +113,9 @@ class ActionModule(ActionBase):
             self._task.check_mode = saved
 
     def step(self, name: str, module: str, args: dict[str, Any]) -> dict[str, Any]:
+        if module in MUST_FIND_EFS_MOUNTED:
+            # every step that writes checks first that EFS is still mounted where this session put it
+            args = dict(args, require_mount=self.mount_root if module == "s3_sync" else True)
         for attempt in range(1, TRANSFER_ATTEMPTS + 1):
             res = self._execute_module(module_name=module, module_args=args, task_vars=self.task_vars)
             if attempt == TRANSFER_ATTEMPTS or not module_never_arrived(res):
@@ -143,7 +149,7 @@ class ActionModule(ActionBase):
         _, a = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF)
         op = a["operation"]
         self.steps: dict[str, Any] = {}
-        root = a["efs_root"]
+        root = self.mount_root = a["efs_root"]
         user = a["user"]
         mounted_here = False
         try:

@@ -47,6 +47,13 @@ options:
         is relative to it.
     type: path
     required: true
+  require_mount:
+    description:
+      - Refuse to act unless O(root) is a mount point (the efs_session action sets it; EFS was
+        mounted there at the start, and if another run or a person unmounted it since, anything
+        written would land on the instance's own disk under the empty mount point).
+    type: bool
+    default: false
   target:
     description:
       - The live directory, relative to O(root), for example

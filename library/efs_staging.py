@@ -23,6 +23,13 @@ options:
     description: The EFS mount path on the instance.
     type: path
     required: true
+  require_mount:
+    description:
+      - Refuse to act unless O(root) is a mount point (the efs_session action sets it; EFS was
+        mounted there at the start, and if another run or a person unmounted it since, anything
+        written would land on the instance's own disk under the empty mount point).
+    type: bool
+    default: false
   target:
     description: The live directory, relative to O(root). May not exist yet (then staging starts empty).
     type: str
@@ -118,6 +125,7 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
             root=dict(type="path", required=True),
+            require_mount=dict(type="bool", default=False),
             target=dict(type="str"),
             staging=dict(type="str", required=True),
             exclude=dict(type="list", elements="str", default=[]),
@@ -129,7 +137,7 @@ def main() -> None:
     )
     p = module.params
     root = p["root"]
-    problem = efs_root_problem(root)
+    problem = efs_root_problem(root, p["require_mount"])
     if problem:
         module.fail_json(msg=problem)
     try:

@@ -23,6 +23,13 @@ options:
     description: The EFS mount path on the instance (e.g. C(/home/ec2-user/efs)).
     type: path
     required: true
+  require_mount:
+    description:
+      - Refuse to act unless O(root) is a mount point (the efs_session action sets it; EFS was
+        mounted there at the start, and if another run or a person unmounted it since, anything
+        written would land on the instance's own disk under the empty mount point).
+    type: bool
+    default: false
   remove:
     description: Paths relative to O(root) to delete entirely. Missing ones are skipped.
     type: list
@@ -147,6 +154,7 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
             root=dict(type="path", required=True),
+            require_mount=dict(type="bool", default=False),
             remove=dict(type="list", elements="str", default=[]),
             empty=dict(type="list", elements="str", default=[]),
             allowed_roots=dict(type="list", elements="str", default=[WORKERS_ROOT]),
@@ -156,7 +164,7 @@ def main() -> None:
     )
     p = module.params
     root = p["root"]
-    problem = efs_root_problem(root)
+    problem = efs_root_problem(root, p["require_mount"])
     if problem:
         module.fail_json(msg=problem)
     allowed = [safe_relpath(a, "allowed root") for a in p["allowed_roots"] + p["internal_roots"]]

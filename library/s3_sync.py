@@ -39,6 +39,12 @@ version_added: "1.0.0"
 author:
   - reefguide-efs contributors
 options:
+  require_mount:
+    description:
+      - A mount point (EFS's, on the instance) that must still be mounted, or nothing is done. The
+        efs_session action sets it for the pull, so a pull never writes onto the instance's own disk
+        under an empty mount point.
+    type: path
   direction:
     description:
       - C(push) copies I(path) to the bucket, C(pull) copies the bucket to I(path).
@@ -314,6 +320,7 @@ summary:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.reefguide.aws import AWS_COMMON_ARGS, describe_error, error_code, require_boto3
+from ansible.module_utils.reefguide.layout import is_mount_point
 from ansible.module_utils.reefguide.paths import UnsafePathError
 from ansible.module_utils.reefguide.sync import Sync, summary
 from ansible.module_utils.reefguide.sync_common import SyncError, parse_size
@@ -338,6 +345,7 @@ def argument_spec() -> dict:
         progress_file=dict(type="path"),
         progress_interval=dict(type="float", default=2.0),
         list_limit=dict(type="int", default=20),
+        require_mount=dict(type="path"),
     )
     spec.update(AWS_COMMON_ARGS)
     return spec
@@ -413,6 +421,9 @@ def main() -> None:
         p["bucket"],
         p["prefix"] or "",
     )
+    if p["require_mount"] and not is_mount_point(p["require_mount"]):
+        module.fail_json(msg="%s refused: EFS is no longer mounted at %s (unmounted by another run or by hand?); "
+                             "nothing was written, run again to mount it and carry on" % (what, p["require_mount"]))
     sync = None
     try:
         sync = Sync(options_from(module))

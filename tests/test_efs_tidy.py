@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 from helpers import run_module
 
@@ -78,3 +79,32 @@ def test_bytes_freed_counts_a_hard_linked_file_only_when_its_last_link_goes(tmp_
     assert plan["bytes_freed"] == done["bytes_freed"] == 10
     assert done["files_removed"] == 3 and live.read_bytes() == b"y" * 500
     assert [r["bytes"] for r in done["removed"]] == [0, 10]
+
+
+def test_with_require_mount_nothing_is_written_once_efs_is_unmounted(tmp_path) -> None:
+    """After another run (or a person) unmounted EFS, its mount point is an empty directory on the
+    instance's own disk: every module that writes refuses it instead of writing there."""
+    root = tmp_path / "efs"
+    (root / "data/reefguide/old").mkdir(parents=True)
+    for module, args in (("efs_tidy", {"remove": ["data/reefguide/old"]}),
+                         ("efs_staging", {"target": "data/reefguide/x", "staging": ".reefguide-staging/k/x"}),
+                         ("efs_release", {"state": "pruned", "keep": 1})):
+        r = run_module(module, dict(args, root=str(root), require_mount=True))
+        assert r.get("failed") and "EFS is no longer mounted at %s" % root in r["msg"], (module, r)
+    for module, args in (("s3_sync", {"direction": "pull", "bucket": "b", "path": str(root / "data/reefguide/x"),
+                                      "require_mount": str(root)}),):
+        r = run_module(module, args)
+        assert r.get("failed") and "EFS is no longer mounted at %s" % root in r["msg"], (module, r)
+    assert sorted(p.name for p in root.rglob("*")) == ["data", "old", "reefguide"]
+
+
+def test_with_require_mount_a_mounted_root_is_used(tmp_path) -> None:
+    root = tmp_path / "efs"
+    root.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(root)], check=True)
+    try:
+        (root / "data/reefguide/old").mkdir(parents=True)
+        r = run_module("efs_tidy", {"root": str(root), "remove": ["data/reefguide/old"], "require_mount": True})
+        assert not r.get("failed") and not (root / "data/reefguide/old").exists(), r
+    finally:
+        subprocess.run(["umount", str(root)], check=True)

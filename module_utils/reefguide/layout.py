@@ -9,6 +9,7 @@ import os
 import re
 from typing import Any, Optional
 
+from ansible.module_utils.reefguide.mount_table import mount_at, read_mountinfo
 from ansible.module_utils.reefguide.paths import UnsafePathError, safe_relpath
 
 # The workers read data/reefguide and keep their cache in it; the cache must always exist.
@@ -54,12 +55,22 @@ def key_to_target(key: str) -> str:
     return key.replace("%2F", "/").replace("%25", "%")
 
 
-def efs_root_problem(root: str) -> Optional[str]:
+def is_mount_point(path: str) -> bool:
+    """From the mount table: os.path.ismount misses a bind mount of the same disk (the lab's EFS)."""
+    return mount_at(read_mountinfo(), os.path.realpath(path)) is not None
+
+
+def efs_root_problem(root: str, must_be_mount: bool = False) -> Optional[str]:
     """Why the modules must not act on root (it is not a directory, so EFS
-    is most likely not mounted there), or None."""
-    if os.path.isdir(root):
-        return None
-    return "EFS root %s is not a directory: is EFS mounted (efs_mount)?" % root
+    is most likely not mounted there; or, when the caller mounted it, it is no
+    longer a mount point: what would be written would land on the instance's
+    own disk, under EFS's mount point), or None."""
+    if not os.path.isdir(root):
+        return "EFS root %s is not a directory: is EFS mounted (efs_mount)?" % root
+    if must_be_mount and not is_mount_point(root):
+        return ("EFS is no longer mounted at %s (unmounted by another run or by hand?): nothing was written "
+                "there; run again to mount it and carry on" % root)
+    return None
 
 
 # -- destinations: where a stage, rollback or fetch points, and what it is filed under -----------

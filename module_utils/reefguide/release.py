@@ -300,6 +300,7 @@ def prune_state(host: Any, p: dict[str, Any], check: bool, diff: bool, root: str
 
 EFS_RELEASE_ARGS: dict[str, Any] = dict(
     root=dict(type="path", required=True),
+    require_mount=dict(type="bool", default=False),
     target=dict(type="str"),
     staging=dict(type="str"),
     state=dict(type="str", choices=["released", "rolled_back", "pruned"], default="released"),
@@ -326,7 +327,7 @@ def run_efs_release(host: Any, params: dict[str, Any], check: bool = False, diff
     for key, value, needed in EFS_RELEASE_REQUIRED_IF:
         if params[key] == value and not all(params.get(n) for n in needed):
             raise ReleaseError("%s: %s needs %s" % (key, value, " and ".join(needed)))
-    problem = efs_root_problem(params["root"])
+    problem = efs_root_problem(params["root"], params["require_mount"])
     if problem:
         raise ReleaseError(problem)
     root = os.path.realpath(params["root"])
