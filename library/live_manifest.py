@@ -53,10 +53,12 @@ options:
     type: str
   dest:
     description:
-      - The destination the record is for. With V(present) it is written into the record, and the
-        records of destinations below it that the release changed are dropped (all of them for
-        V(replace) and V(mirror), those under which the run had files for V(merge)). With V(absent)
-        the records of every destination below it are dropped too.
+      - The destination the record is for. With V(compared), a record that does not name it (written
+        before 0.2, when two destinations could share a key) is not trusted.
+      - With V(present) it is written into the record; the records of destinations above it are
+        dropped (their tree changed), and those below it that the release changed (all of them for
+        V(replace) and V(mirror), those under which the run had files for V(merge)).
+      - With V(absent) the records of every destination above and below it are dropped too.
     type: str
   legacy_keys:
     description:
@@ -106,7 +108,7 @@ removed:
   returned: state=compared
   type: list
 dropped:
-  description: With V(present) or V(absent), the destinations below O(dest) whose records were dropped.
+  description: With V(present) or V(absent), the destinations above or below O(dest) whose records were dropped.
   returned: state=present or state=absent
   type: list
 counts:
@@ -116,7 +118,7 @@ counts:
 """
 
 import json
-from typing import Any
+from typing import Any, Optional
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.reefguide.aws import (
@@ -127,7 +129,6 @@ from ansible.module_utils.reefguide.aws import (
     require_boto3,
 )
 from ansible.module_utils.reefguide.checksums import ChecksumCache, default_cache_path, local_sha256
-from ansible.module_utils.reefguide.layout import key_to_target
 from ansible.module_utils.reefguide.local_tree import Matcher, scan_source
 from ansible.module_utils.reefguide.sync_common import LocalFileError
 
@@ -153,6 +154,8 @@ def local_manifest(path: str) -> dict[str, tuple[int, str]]:
 def compare(module: AnsibleModule, s3: Any) -> None:
     p = module.params
     record = read_record(s3, p["bucket"], p["key"])
+    if p["dest"] and record.get("dest") != p["dest"]:
+        record = {}  # written before 0.2 (or for another destination): never trusted
     try:
         local = local_manifest(p["path"])
     except LocalFileError as exc:
@@ -193,7 +196,7 @@ def record(module: AnsibleModule, s3: Any) -> None:
     else:
         doc["complete"] = True
     legacy = drop_legacy(module, s3)
-    nested = drop_nested(module, s3, doc.get("files") or {})
+    nested = drop_related(module, s3, doc.get("files") or {})
     if before.get("files") == doc.get("files") and before.get("release_id") == doc["release_id"] \
             and before.get("complete", True) == doc["complete"]:
         module.exit_json(changed=legacy or bool(nested), recorded=True, release_id=doc["release_id"],
@@ -221,38 +224,48 @@ def drop_legacy(module: AnsibleModule, s3: Any) -> bool:
     return found
 
 
-def records_below(s3: Any, bucket: str, key: str, dest: str) -> dict[str, str]:
-    """dest -> key of every record filed beside key (same live/ prefix) whose destination lies
-    strictly below dest. A record names its destination; older ones are told by their key."""
+def related_records(s3: Any, bucket: str, key: str, dest: str) -> tuple[dict[str, str], dict[str, str]]:
+    """({dest: key} of the records of destinations above dest, the same for those strictly below
+    it), among the records filed beside key. Only records that name their destination count:
+    older ones are never trusted (and go when their own destination's record is written)."""
     prefix = key.rsplit("/", 1)[0] + "/"
-    found: dict[str, str] = {}
+    above: dict[str, str] = {}
+    below: dict[str, str] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            name = obj["Key"][len(prefix):]
-            if obj["Key"] == key or "/" in name or not name.endswith(".json") or "%" not in name:
-                continue  # pre-0.2 keys ('__') are never trusted and go with their own destination
-            other = (read_record(s3, bucket, obj["Key"]).get("dest")) or key_to_target(name[:-len(".json")])
-            if other.startswith(dest + "/"):
-                found[other] = obj["Key"]
-    return found
+            if obj["Key"] == key or not obj["Key"].endswith(".json") or "/" in obj["Key"][len(prefix):]:
+                continue
+            other = read_record(s3, bucket, obj["Key"]).get("dest")
+            if not other or other == dest:
+                continue
+            if dest.startswith(other + "/"):
+                above[other] = obj["Key"]
+            elif other.startswith(dest + "/"):
+                below[other] = obj["Key"]
+    return above, below
 
 
-def drop_nested(module: AnsibleModule, s3: Any, files: dict[str, Any]) -> list[str]:
-    """After a release of dest, drop the records of destinations below it that the release changed:
-    all of them for replace and mirror (the tree below was made equal to src), those under which
-    src had files for a merge. Their next stage compares on the instance."""
+def delete_records(module: AnsibleModule, s3: Any, records: dict[str, str]) -> list[str]:
+    if not module.check_mode:
+        for key in records.values():
+            s3.delete_object(Bucket=module.params["bucket"], Key=key)
+    return sorted(records)
+
+
+def drop_related(module: AnsibleModule, s3: Any, files: Optional[dict[str, Any]]) -> list[str]:
+    """Drop the records that a change at dest made untrue; their next stage compares on the instance.
+    Above dest: all of them (their tree now differs from what they recorded). Below it: for a
+    release (files given), those it changed: all for replace and mirror (the tree below was made
+    equal to src), those under which src had files for a merge; for a rollback or a removal
+    (files None), all."""
     p = module.params
     if not p["dest"]:
         return []
-    dropped = []
-    for other, key in sorted(records_below(s3, p["bucket"], p["key"], p["dest"]).items()):
-        inner = other[len(p["dest"]) + 1:] + "/"
-        if p["mode"] == "merge" and not any(rel.startswith(inner) for rel in files):
-            continue
-        dropped.append(other)
-        if not module.check_mode:
-            s3.delete_object(Bucket=p["bucket"], Key=key)
-    return dropped
+    above, below = related_records(s3, p["bucket"], p["key"], p["dest"])
+    if files is not None and p["mode"] == "merge":
+        below = {other: key for other, key in below.items()
+                 if any(rel.startswith(other[len(p["dest"]) + 1:] + "/") for rel in files)}
+    return delete_records(module, s3, dict(above, **below))
 
 
 def forget(module: AnsibleModule, s3: Any) -> None:
@@ -263,12 +276,7 @@ def forget(module: AnsibleModule, s3: Any) -> None:
     if before and not module.check_mode:
         s3.delete_object(Bucket=p["bucket"], Key=p["key"])
     legacy = drop_legacy(module, s3)
-    nested = []
-    if p["dest"]:
-        for other, key in sorted(records_below(s3, p["bucket"], p["key"], p["dest"]).items()):
-            nested.append(other)
-            if not module.check_mode:
-                s3.delete_object(Bucket=p["bucket"], Key=key)
+    nested = drop_related(module, s3, None)
     module.exit_json(changed=bool(before) or legacy or bool(nested), recorded=False,
                      release_id=before.get("release_id"), dropped=nested)
 
