@@ -279,3 +279,14 @@ def test_a_member_that_holds_more_or_fewer_bytes_than_declared_is_stopped_at_the
     assert Stream.asked == 1001 and (tmp_path / "more").stat().st_size <= 1000
     with pytest.raises(ArchiveError, match="it holds fewer"):
         _write_file("x.zip", io.BytesIO(b"A" * 10), str(tmp_path / "fewer"), member)
+
+
+def test_a_long_dest_gets_keys_that_fit_s3_and_efs(tmp_path, src) -> None:
+    """A 302-character dest used to fail on the instance, in a staging name longer than a path
+    component may be, with a message naming that internal name; its keys are now cut and hashed."""
+    dest = "data/reefguide/" + "/".join(["d" * 40] * 7)[:287] + "x"
+    assert len(dest) == 302
+    r = req(tmp_path, src=str(src), dest=dest)
+    assert not r.get("failed") and r["dest"] == dest, r
+    assert len(r["dest_key"].encode()) <= 200 and len(r["run_prefix"].encode()) < 1024 - 512
+    assert max(len(part.encode()) for part in r["staging"].split("/")) <= 255
