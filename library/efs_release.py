@@ -47,13 +47,6 @@ options:
         is relative to it.
     type: path
     required: true
-  require_mount:
-    description:
-      - Refuse to act unless O(root) is a mount point (the efs_session action sets it; EFS was
-        mounted there at the start, and if another run or a person unmounted it since, anything
-        written would land on the instance's own disk under the empty mount point).
-    type: bool
-    default: false
   target:
     description:
       - The live directory, relative to O(root), for example
@@ -143,6 +136,7 @@ notes:
   - Supports C(--check) (the same checks and plan, nothing written; a default O(release_id) is
     time based, so the real run may pick a later second) and C(--diff) (which release becomes live,
     which are kept and which are pruned).
+extends_documentation_fragment: [reefguide_efs_mounted]
 """
 
 EXAMPLES = r"""

@@ -23,13 +23,6 @@ options:
     description: The EFS mount path on the instance.
     type: path
     required: true
-  require_mount:
-    description:
-      - Refuse to act unless O(root) is a mount point (the efs_session action sets it; EFS was
-        mounted there at the start, and if another run or a person unmounted it since, anything
-        written would land on the instance's own disk under the empty mount point).
-    type: bool
-    default: false
   target:
     description: The live directory, relative to O(root). May not exist yet (then staging starts empty).
     type: str
@@ -57,6 +50,7 @@ options:
 notes:
   - A staging directory that already exists is left as it is (a re-run of the same run resumes in it).
   - Owner, group and mode are shared with the live files through the hard links.
+extends_documentation_fragment: [reefguide_efs_mounted]
 """
 
 EXAMPLES = r"""

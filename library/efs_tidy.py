@@ -23,13 +23,6 @@ options:
     description: The EFS mount path on the instance (e.g. C(/home/ec2-user/efs)).
     type: path
     required: true
-  require_mount:
-    description:
-      - Refuse to act unless O(root) is a mount point (the efs_session action sets it; EFS was
-        mounted there at the start, and if another run or a person unmounted it since, anything
-        written would land on the instance's own disk under the empty mount point).
-    type: bool
-    default: false
   remove:
     description: Paths relative to O(root) to delete entirely. Missing ones are skipped.
     type: list
@@ -54,6 +47,7 @@ options:
     default: [.reefguide-staging, .reefguide-releases]
 notes:
   - Check mode lists what would be deleted, with sizes, and deletes nothing. C(--diff) shows the list.
+extends_documentation_fragment: [reefguide_efs_mounted]
 """
 
 EXAMPLES = r"""
