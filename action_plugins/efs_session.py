@@ -47,6 +47,8 @@ ARGUMENT_SPEC: dict[str, Any] = dict(
     concurrency=dict(type="int", default=16),
     endpoint_url=dict(type="str"),
     region=dict(type="str"),
+    # destinations whose records name a fingerprint: taken again at the end, to notice hand edits
+    fingerprint=dict(type="list", elements="str", default=[]),
 )
 # Modules that write on EFS, and the argument that makes them refuse when it is no longer mounted.
 # (s3_sync takes the mount point itself: it also runs on the controller, with no mount to check).
@@ -164,10 +166,13 @@ class ActionModule(ActionBase):
             mounted_here = bool(mount.get("mounted_by_this_call"))
             outcome = getattr(self, op)(a, root, user)
             # what EFS now holds, for the summary's cost estimate (never fails the operation)
-            usage = self._execute_module(module_name="efs_usage", module_args={"root": root},
+            # and the fingerprints of the recorded destinations, this stage's own among them
+            wanted = a["fingerprint"] + ([a["dest"]] if op == "stage" else [])
+            usage = self._execute_module(module_name="efs_usage", module_args={"root": root, "fingerprint": wanted},
                                          task_vars=self.task_vars)
             if not usage.get("failed"):
                 outcome["usage"] = {k: usage.get(k) for k in ("bytes", "files", "areas", "complete")}
+                outcome["fingerprints"] = usage.get("fingerprints") or {}
         except AnsibleActionFail as exc:
             result.update(failed=True, msg=str(exc), steps=self.steps)
             if op == "stage" and a["mode"] != "mirror":

@@ -61,6 +61,14 @@ options:
   concurrency: {description: Parallel downloads., type: int, default: 16}
   endpoint_url: {description: S3 endpoint for the instance (the lab only)., type: str}
   region: {description: AWS region., type: str}
+  fingerprint:
+    description:
+      - Destinations whose records of what is live carry a fingerprint (C(live_manifest) state=listed).
+        Their fingerprints are taken again at the end of the session (C(efs_usage)), with O(dest)'s
+        after a stage, so the controller can drop the records that a hand edit made untrue.
+    type: list
+    elements: str
+    default: []
 """
 
 EXAMPLES = r"""
@@ -96,6 +104,10 @@ previous_release_id:
   description: The release it replaced.
   returned: success
   type: str
+fingerprints:
+  description: Destination -> its fingerprint now (see O(fingerprint)); empty when EFS could not be walked in time.
+  returned: success
+  type: dict
 staging_left:
   description: On failure, the staging directory left for teardown.
   returned: failure

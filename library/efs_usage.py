@@ -12,6 +12,9 @@ description:
     the live data, the kept releases and staging leftovers, so a summary can state the storage that
     bills by the GB-month. EFS's own metered size lags by up to an hour; this is exact now.
   - Stops after O(max_seconds) and then reports a lower bound (C(complete=false)).
+  - With O(fingerprint), the same walk also takes the fingerprint of each destination named (its
+    tree's paths, sizes, mtimes and inodes, the workers' cache left out). The record of what is live
+    keeps the one taken after the release, so a later run notices a hand edit on EFS.
   - Read-only; runs on the instance.
 version_added: "0.1.0"
 author: reefguide-efs developers
@@ -24,6 +27,11 @@ options:
     description: Time budget for the walk.
     type: float
     default: 20
+  fingerprint:
+    description: Destinations (relative to O(root)) to fingerprint during the walk.
+    type: list
+    elements: str
+    default: []
 """
 
 EXAMPLES = r"""
@@ -50,51 +58,84 @@ complete:
   description: False when the time budget ran out (the figures are then lower bounds).
   returned: always
   type: bool
+fingerprints:
+  description:
+    - Destination -> its fingerprint (C(absent) when it is not a directory), for each of
+      O(fingerprint); empty when the walk did not complete (no fingerprint is better than a wrong one).
+  returned: always
+  type: dict
 """
 
 import os
 import stat
 import time
+from typing import Optional
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.reefguide.layout import efs_root_problem
+from ansible.module_utils.reefguide.fingerprint import Fingerprints
+from ansible.module_utils.reefguide.layout import cache_inside, efs_root_problem
+from ansible.module_utils.reefguide.paths import safe_relpath
+
+
+class Walk:
+    """One walk of the EFS root: bytes per top-level area (hard links once) and fingerprints."""
+
+    def __init__(self, root: str, deadline: float, prints: Fingerprints) -> None:
+        self.root, self.deadline, self.prints = root, deadline, prints
+        self.seen: set[tuple[int, int]] = set()
+        self.files = 0
+        self.complete = True
+
+    def entry(self, path: str) -> int:
+        """Note one entry; the bytes it adds (a regular file not seen before)."""
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return 0
+        rel = os.path.relpath(path, self.root)
+        target = os.readlink(path) if stat.S_ISLNK(st.st_mode) else ""
+        self.prints.add(rel, st, target)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in self.seen:
+            return 0
+        self.seen.add((st.st_dev, st.st_ino))
+        self.files += 1
+        return st.st_size
+
+    def area(self, top: str) -> int:
+        size = self.entry(os.path.join(self.root, top))
+        for dirpath, dirs, names in os.walk(os.path.join(self.root, top)):
+            if time.time() > self.deadline:
+                self.complete = False
+                break
+            for name in names + dirs:
+                size += self.entry(os.path.join(dirpath, name))
+        return size
+
+
+def fingerprints_wanted(dests: list[str]) -> tuple[list[str], dict[str, Optional[str]]]:
+    clean = sorted({safe_relpath(d, "fingerprint") for d in dests})
+    return clean, {d: cache_inside(d) for d in clean}
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(root=dict(type="path", required=True), max_seconds=dict(type="float", default=20)),
+        argument_spec=dict(root=dict(type="path", required=True), max_seconds=dict(type="float", default=20),
+                           fingerprint=dict(type="list", elements="str", default=[])),
         supports_check_mode=True,
     )
     root = module.params["root"]
     problem = efs_root_problem(root)
     if problem:
         module.fail_json(msg=problem)
-    deadline = time.time() + module.params["max_seconds"]
-    seen: set[tuple[int, int]] = set()
-    areas: dict[str, int] = {}
-    files = total = 0
-    complete = True
-    for top in sorted(os.listdir(root)):
-        area = 0
-        for dirpath, _dirs, names in os.walk(os.path.join(root, top)):
-            if time.time() > deadline:
-                complete = False
-                break
-            for name in names:
-                try:
-                    st = os.lstat(os.path.join(dirpath, name))
-                except OSError:
-                    continue
-                if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    files += 1
-                    area += st.st_size
-        if os.path.isfile(os.path.join(root, top)) and not os.path.islink(os.path.join(root, top)):
-            area = os.lstat(os.path.join(root, top)).st_size
-            files += 1
-        areas[top] = area
-        total += area
-    module.exit_json(changed=False, bytes=total, files=files, areas=areas, complete=complete)
+    try:
+        dests, excluded = fingerprints_wanted(module.params["fingerprint"])
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
+    walk = Walk(root, time.time() + module.params["max_seconds"], Fingerprints(dests, excluded))
+    areas = {top: walk.area(top) for top in sorted(os.listdir(root))}
+    prints = walk.prints.digests(root) if walk.complete else {}
+    module.exit_json(changed=False, bytes=sum(areas.values()), files=walk.files, areas=areas,
+                     complete=walk.complete, fingerprints=prints)
 
 
 if __name__ == "__main__":

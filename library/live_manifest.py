@@ -15,23 +15,36 @@ description:
     SHA-256s come from the sync engine's checksum cache, so unchanged files are not read again.
   - V(present) records a release; it copies the manifest the push wrote for the run into the record.
   - V(absent) forgets the record (after a rollback, so that the next stage compares nothing and stages).
+  - V(listed) lists the records under O(prefix) that name their destination, with the fingerprint
+    each keeps of its destination's tree on EFS (taken after its release, see C(efs_usage)).
+  - V(verified) takes the fingerprints a remote part saw (O(observed)) and drops every record whose
+    own differs (EFS was changed by hand since, so the record no longer says what is live there).
   - Runs on the controller.
 version_added: "0.1.0"
 author: reefguide-efs developers
 options:
   state:
-    description: V(compared), V(present) or V(absent).
+    description: V(compared), V(present), V(absent), V(listed) or V(verified).
     type: str
-    choices: [compared, present, absent]
+    choices: [compared, present, absent, listed, verified]
     default: compared
   bucket:
     description: The transfer bucket.
     type: str
     required: true
   key:
-    description: The record's key (from stage_request's C(live_manifest_key)).
+    description: The record's key (from stage_request's C(live_manifest_key)); not with V(listed) or V(verified).
     type: str
-    required: true
+  prefix:
+    description: With V(listed) and V(verified), where the records are filed (C(live_records_prefix)).
+    type: str
+  fingerprint:
+    description: With V(present), the fingerprint of the destination's tree right after the release.
+    type: str
+  observed:
+    description: With V(verified), destination -> the fingerprint its tree has now (C(efs_session)'s C(fingerprints)).
+    type: dict
+    default: {}
   path:
     description: With V(compared), the local file or directory to compare.
     type: path
@@ -111,6 +124,14 @@ dropped:
   description: With V(present) or V(absent), the destinations above or below O(dest) whose records were dropped.
   returned: state=present or state=absent
   type: list
+records:
+  description: With V(listed), each record's C(dest), C(key), C(release_id) and C(fingerprint) (null if it has none).
+  returned: state=listed
+  type: list
+fingerprinted:
+  description: With V(listed), the destinations whose records carry a fingerprint (for the remote part).
+  returned: state=listed
+  type: list
 counts:
   description: Numbers of new, changed, removed and unchanged files, and local files and bytes.
   returned: state=compared
@@ -118,6 +139,7 @@ counts:
 """
 
 import json
+from collections.abc import Iterator
 from typing import Any, Optional
 
 from ansible.module_utils.basic import AnsibleModule
@@ -185,6 +207,8 @@ def record(module: AnsibleModule, s3: Any) -> None:
     except Exception as exc:
         fail_aws(module, exc, "reading the run's manifest s3://%s/%s" % (p["bucket"], p["source_key"]))
     doc["release_id"] = p["release_id"]
+    if p["fingerprint"]:
+        doc["fingerprint"] = p["fingerprint"]
     before = read_record(s3, p["bucket"], p["key"])
     if p["dest"]:
         doc["dest"] = p["dest"]
@@ -197,7 +221,7 @@ def record(module: AnsibleModule, s3: Any) -> None:
         doc["complete"] = True
     legacy = drop_legacy(module, s3)
     nested = drop_related(module, s3, doc.get("files") or {})
-    if before.get("files") == doc.get("files") and before.get("release_id") == doc["release_id"] \
+    if all(before.get(k) == doc.get(k) for k in ("files", "release_id", "fingerprint")) \
             and before.get("complete", True) == doc["complete"]:
         module.exit_json(changed=legacy or bool(nested), recorded=True, release_id=doc["release_id"],
                          dropped=nested)
@@ -224,24 +248,50 @@ def drop_legacy(module: AnsibleModule, s3: Any) -> bool:
     return found
 
 
+def records_under(s3: Any, bucket: str, prefix: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key, record) of every record filed directly under prefix that names its destination (older
+    ones are never trusted)."""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            if not obj["Key"].endswith(".json") or "/" in obj["Key"][len(prefix):]:
+                continue
+            doc = read_record(s3, bucket, obj["Key"])
+            if doc.get("dest"):
+                yield obj["Key"], doc
+
+
+def listed(module: AnsibleModule, s3: Any) -> None:
+    records = [{"dest": doc["dest"], "key": key, "release_id": doc.get("release_id"),
+                "fingerprint": doc.get("fingerprint")}
+               for key, doc in records_under(s3, module.params["bucket"], module.params["prefix"])]
+    module.exit_json(changed=False, records=records,
+                     fingerprinted=sorted(r["dest"] for r in records if r["fingerprint"]))
+
+
+def verified(module: AnsibleModule, s3: Any) -> None:
+    """Drop the records whose destination no longer has the fingerprint they keep. A destination the
+    remote part did not fingerprint (or a record without one) is left as it is."""
+    seen = module.params["observed"] or {}
+    stale = {doc["dest"]: key for key, doc in records_under(s3, module.params["bucket"], module.params["prefix"])
+             if doc.get("fingerprint") and seen.get(doc["dest"]) not in (None, doc["fingerprint"])}
+    dropped = delete_records(module, s3, stale)
+    module.exit_json(changed=bool(dropped), dropped=dropped)
+
+
 def related_records(s3: Any, bucket: str, key: str, dest: str) -> tuple[dict[str, str], dict[str, str]]:
     """({dest: key} of the records of destinations above dest, the same for those strictly below
     it), among the records filed beside key. Only records that name their destination count:
     older ones are never trusted (and go when their own destination's record is written)."""
-    prefix = key.rsplit("/", 1)[0] + "/"
     above: dict[str, str] = {}
     below: dict[str, str] = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            if obj["Key"] == key or not obj["Key"].endswith(".json") or "/" in obj["Key"][len(prefix):]:
-                continue
-            other = read_record(s3, bucket, obj["Key"]).get("dest")
-            if not other or other == dest:
-                continue
-            if dest.startswith(other + "/"):
-                above[other] = obj["Key"]
-            elif other.startswith(dest + "/"):
-                below[other] = obj["Key"]
+    for other_key, doc in records_under(s3, bucket, key.rsplit("/", 1)[0] + "/"):
+        other = doc["dest"]
+        if other_key == key or other == dest:
+            continue
+        if dest.startswith(other + "/"):
+            above[other] = other_key
+        elif other.startswith(dest + "/"):
+            below[other] = other_key
     return above, below
 
 
@@ -283,9 +333,12 @@ def forget(module: AnsibleModule, s3: Any) -> None:
 
 def main() -> None:
     spec = dict(
-        state=dict(type="str", default="compared", choices=["compared", "present", "absent"]),
+        state=dict(type="str", default="compared", choices=["compared", "present", "absent", "listed", "verified"]),
         bucket=dict(type="str", required=True),
-        key=dict(type="str", required=True, no_log=False),
+        key=dict(type="str", no_log=False),
+        prefix=dict(type="str"),
+        fingerprint=dict(type="str"),
+        observed=dict(type="dict", default={}),
         path=dict(type="path"),
         mode=dict(type="str", default="replace", choices=["replace", "merge", "mirror"]),
         source_key=dict(type="str", no_log=False),
@@ -295,17 +348,24 @@ def main() -> None:
     )
     spec.update(AWS_COMMON_ARGS)
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True,
-                           required_if=[("state", "compared", ["path"])])
+                           required_if=[("state", "compared", ["path", "key"]), ("state", "present", ["key"]),
+                                        ("state", "absent", ["key"]), ("state", "listed", ["prefix"]),
+                                        ("state", "verified", ["prefix"])])
     require_boto3(module)
     s3 = client_from_params(module, "s3")
     try:
         if module.params["state"] == "compared":
             compare(module, s3)
+        if module.params["state"] == "listed":
+            listed(module, s3)
+        if module.params["state"] == "verified":
+            verified(module, s3)
         if module.params["state"] == "absent":
             forget(module, s3)
         record(module, s3)
     except Exception as exc:
-        fail_aws(module, exc, "the live manifest s3://%s/%s" % (module.params["bucket"], module.params["key"]))
+        fail_aws(module, exc, "the live manifest s3://%s/%s" % (module.params["bucket"],
+                                                                 module.params["key"] or module.params["prefix"]))
 
 
 if __name__ == "__main__":

@@ -103,6 +103,10 @@ cache:
   description: The workers' cache, relative to the EFS root.
   returned: always
   type: str
+live_records_prefix:
+  description: Where the records of what is live are filed in the transfer bucket.
+  returned: always
+  type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -113,6 +117,7 @@ from ansible.module_utils.reefguide.layout import (
     DestinationError,
     check_allowed,
     destination_facts,
+    records_prefix,
     resolve_destination,
 )
 from ansible.module_utils.reefguide.paths import UnsafePathError
@@ -156,7 +161,8 @@ def main() -> None:
         result = rollback(p) if p["operation"] == "rollback" else teardown(p)
     except (InputError, DestinationError, UnsafePathError) as exc:
         module.fail_json(msg="%s request refused, nothing started: %s" % (p["operation"], exc))
-    module.exit_json(changed=False, staging_root=STAGING_DIR, cache=CACHE, **result)
+    module.exit_json(changed=False, staging_root=STAGING_DIR, cache=CACHE,
+                     live_records_prefix=records_prefix(p["transfer_prefix"]), **result)
 
 
 if __name__ == "__main__":

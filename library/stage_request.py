@@ -145,6 +145,10 @@ live_manifest_key:
   description: Object key of the manifest of what is live at O(dest), written after each release.
   returned: success
   type: str
+live_records_prefix:
+  description: Where the records of every destination are filed (C(live_manifest) state=listed).
+  returned: success
+  type: str
 legacy_live_manifest_key:
   description:
     - Where versions before 0.2 kept that record (C(/) as C(__), so C(a/b) and C(a__b) shared it).

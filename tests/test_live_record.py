@@ -95,6 +95,25 @@ def test_replace_after_merge_converges(rlab: Lab, tmp_path: Path) -> None:
     assert NOTHING in stage(rlab, b, "data/reefguide/mix", "-e", "mode=replace")
 
 
+def test_a_hand_edit_on_efs_is_noticed_by_the_next_run_that_has_the_instance(rlab: Lab, tmp_path: Path) -> None:
+    data = make(tmp_path / "hand", {"keep.txt": "staged by us\n", "sub/edit.txt": "original\n"})
+    stage(rlab, data, "data/reefguide/hand")
+    other = make(tmp_path / "other", {"o.txt": "not edited\n"})
+    stage(rlab, other, "data/reefguide/untouched")
+    # someone edits a file on EFS by hand (an SSM shell): the record still names the old bytes
+    (rlab.efs_path / "data/reefguide/hand/sub/edit.txt").write_text("edited by hand\n")
+    # the next run that has the instance anyway (a teardown here) fingerprints EFS and drops that record
+    out = play(rlab, "teardown.yml")
+    records = live_records(rlab)
+    assert "data/reefguide/hand" not in records, out[-3000:]
+    assert "data/reefguide/untouched" in records  # the one EFS still agrees with is kept
+    # so the same data stages again (before: "Nothing to do", the hand edit left live) ...
+    again = stage(rlab, data, "data/reefguide/hand")
+    assert NOTHING not in again and tree(rlab.efs_path / "data/reefguide/hand") == tree(data), again[-3000:]
+    # ... and the untouched destination still needs nothing
+    assert NOTHING in stage(rlab, other, "data/reefguide/untouched")
+
+
 # -- property: random sequences of our operations never leave a record that lies ------------------
 
 DESTS = ["data/reefguide/prop/p", "data/reefguide/prop/p/q", "data/reefguide/prop/r"]

@@ -127,6 +127,11 @@ def check_allowed(path: str, roots: list[str], what: str = "dest") -> None:
                                "empty it" % (what, CACHE))
 
 
+def records_prefix(transfer_prefix: str) -> str:
+    """Where the records of what is live are filed in the transfer bucket, one object a destination."""
+    return "%s/live/" % safe_relpath(transfer_prefix, "transfer_prefix")
+
+
 def destination_facts(dest: str, transfer_prefix: str) -> dict[str, Any]:
     """Everything filed under a destination, for the roles and the remote part (which cannot import
     this file): its key (the same percent-encoding as its releases), the upload prefix, the record
@@ -138,7 +143,8 @@ def destination_facts(dest: str, transfer_prefix: str) -> dict[str, Any]:
         "dest": dest,
         "dest_key": key,
         "run_prefix": "%s/runs/%s/" % (prefix, key),
-        "live_manifest_key": "%s/live/%s.json" % (prefix, key),
+        "live_manifest_key": "%s%s.json" % (records_prefix(prefix), key),
+        "live_records_prefix": records_prefix(prefix),
         # written by versions before 0.2 ('/' as '__', which let a/b and a__b collide): never trusted,
         # removed when the destination's record is next written or dropped
         "legacy_live_manifest_key": "%s/live/%s.json" % (prefix, dest.replace("/", "__")),
