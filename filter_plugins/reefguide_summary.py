@@ -101,6 +101,14 @@ def _outcome_line(run: dict[str, Any]) -> str:
                                           what, request.get("dest"), request.get("mode"))
 
 
+def _dropped_line(run: dict[str, Any]) -> list[str]:
+    dropped = run.get("records_dropped") or []
+    if not dropped:
+        return []
+    return ["Records dropped, EFS changed there since their release (by hand?): %s; the next stage of each "
+            "compares on the instance" % ", ".join(dropped)]
+
+
 def stage_summary(run: dict[str, Any]) -> list[str]:
     """The summary stage_data.yml prints, one line per fact."""
     dep, request = run.get("deployment") or {}, run.get("request") or {}
@@ -132,6 +140,7 @@ def stage_summary(run: dict[str, Any]) -> list[str]:
     times = run.get("times") or {}
     lines += [line for line in (_instance_line(times, run.get("power") or {}),) if line]
     lines.append("Timeline (seconds from the start of the run): " + timeline(times))
+    lines.extend(_dropped_line(run))
     usage = _usage_line(stage.get("usage") or {}, float(run.get("price_per_gb_month") or 0))
     if usage:
         lines.append(usage)
@@ -155,6 +164,7 @@ def teardown_summary(run: dict[str, Any]) -> list[str]:
                          [r.get("path") for r in efs.get("removed") or []]))
     else:
         lines.append("EFS: not inspected (a check run does not start the stopped instance)")
+    lines.extend(_dropped_line(run))
     lines.append("Instance %s: %s" % ((run.get("deployment") or {}).get("instance_id"),
                                       "would be stopped (never terminated)" if check else "stopped (never terminated)"))
     return lines

@@ -106,6 +106,7 @@ def test_a_hand_edit_on_efs_is_noticed_by_the_next_run_that_has_the_instance(rla
     out = play(rlab, "teardown.yml")
     records = live_records(rlab)
     assert "data/reefguide/hand" not in records, out[-3000:]
+    assert "Records dropped, EFS changed there since their release (by hand?): data/reefguide/hand" in out
     assert "data/reefguide/untouched" in records  # the one EFS still agrees with is kept
     # so the same data stages again (before: "Nothing to do", the hand edit left live) ...
     again = stage(rlab, data, "data/reefguide/hand")

@@ -131,3 +131,11 @@ def test_teardown_check_without_the_instance_says_efs_was_not_inspected() -> Non
 
 def test_the_filters_are_registered_under_their_names() -> None:
     assert set(FilterModule().filters()) == {"reefguide_stage_summary", "reefguide_teardown_summary"}
+
+
+def test_records_that_efs_no_longer_agrees_with_are_named() -> None:
+    dropped = {"records_dropped": ["data/reefguide/hand"]}
+    for lines in (stage_summary(staged_run(**dropped)), teardown_summary(dict(dropped, deployment=DEPLOYMENT))):
+        assert any(line.startswith("Records dropped, EFS changed there since their release") and
+                   "data/reefguide/hand" in line for line in lines), lines
+    assert not any(line.startswith("Records dropped") for line in stage_summary(staged_run()))
