@@ -3,12 +3,18 @@
 # Each task on the management instance opens an SSM session (seconds each on
 # real AWS), so the remote steps of an operation run as one task: this action
 # plugin calls the capability modules in turn over the same connection,
-# between mounting EFS and putting the mount back as it was. Documentation:
-# library/efs_session.py.
+# between mounting EFS and putting the mount back as it was. The steps that can
+# take long run detached on the instance and are followed with short calls
+# (reefguide_remote/detached.py), so Session Manager's idle timeout never ends
+# the session under them. Documentation: library/efs_session.py.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable, Optional
@@ -18,6 +24,21 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
 display = Display()
+
+
+def _load_detached() -> Any:
+    """reefguide_remote/detached.py: Ansible's plugin loader does not put action_plugins/ on sys.path."""
+    name = "reefguide_efs_remote_detached"
+    if name not in sys.modules:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reefguide_remote", "detached.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules[name] = module
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return sys.modules[name]
+
+
+detached = _load_detached()
 
 # The task's arguments, checked and defaulted in one place (documented in library/efs_session.py).
 ARGUMENT_SPEC: dict[str, Any] = dict(
@@ -49,6 +70,10 @@ ARGUMENT_SPEC: dict[str, Any] = dict(
     region=dict(type="str"),
     # destinations whose records name a fingerprint: taken again at the end, to notice hand edits
     fingerprint=dict(type="list", elements="str", default=[]),
+    # the whole remote part's budget; each call over SSM has the connection's short ssm_timeout
+    remote_timeout=dict(type="int", default=14400),
+    poll_interval=dict(type="float", default=10.0),
+    progress_file=dict(type="str"),
 )
 # Modules that write on EFS, and the argument that makes them refuse when it is no longer mounted.
 # (s3_sync takes the mount point itself: it also runs on the controller, with no mount to check).
@@ -90,11 +115,14 @@ TRANSFER_ATTEMPTS = 3
 
 
 def module_never_arrived(res: dict[str, Any]) -> bool:
+    if res.get("failed") and "cmd" in res and "Exec format error" in str(res.get("msg")):
+        return True  # a detached step: async_wrapper found no #! line in the file, so not what was sent
     if not res.get("failed") or "module_stdout" not in res:
         return False
     out = re.sub(r"BECOME-SUCCESS-\w+", "", str(res.get("module_stdout") or "")).strip()  # sudo's marker
     text = out + str(res.get("module_stderr") or "")  # over SSM's pty, stderr arrives in stdout
-    empty_file = not out and res.get("rc") == 0
+    # (a detached step's result has no rc: async_wrapper ran the empty file and found no output)
+    empty_file = not out and not res.get("module_stderr") and res.get("rc", 0) == 0
     # Ansible generates the AnsiballZ wrapper: a SyntaxError in it means it is not what was sent
     error_body = "SyntaxError" in text and re.search(r"AnsiballZ_\w+\.py\", line \d+", text) is not None
     return empty_file or error_body
@@ -114,12 +142,18 @@ class ActionModule(ActionBase):
         finally:
             self._task.check_mode = saved
 
-    def step(self, name: str, module: str, args: dict[str, Any]) -> dict[str, Any]:
+    def step(self, name: str, module: str, args: dict[str, Any], detach: bool = True,
+             progress: Optional[str] = None) -> dict[str, Any]:
+        """Run one module on the instance: detached and followed with short polls (every step that
+        can be long on a large tree), or as one call (the mount)."""
         if module in MUST_FIND_EFS_MOUNTED:
             # every step that writes checks first that EFS is still mounted where this session put it
             args = dict(args, require_mount=self.mount_root if module == "s3_sync" else True)
         for attempt in range(1, TRANSFER_ATTEMPTS + 1):
-            res = self._execute_module(module_name=module, module_args=args, task_vars=self.task_vars)
+            if detach:
+                res = self.detached.run(name, module, args, progress)
+            else:
+                res = self._execute_module(module_name=module, module_args=args, task_vars=self.task_vars)
             if attempt == TRANSFER_ATTEMPTS or not module_never_arrived(res):
                 break
             display.warning("%s: the module file did not reach the instance intact (an S3 error during "
@@ -154,33 +188,37 @@ class ActionModule(ActionBase):
         root = self.mount_root = a["efs_root"]
         user = a["user"]
         mounted_here = False
+        self.detached = detached.Detached(self, time.time() + a["remote_timeout"], a["poll_interval"],
+                                          a["progress_file"], a["run_id"] or "")
         try:
             self.ensure_packages(a["install_packages"])
+            # a step a lost controller or session left running ends before this run touches its files
+            result["waited_for"] = self.detached.wait_for_earlier()
             # in check mode too: EFS is mounted (and unmounted again below) so the checked
             # steps can read it; they change nothing
             with self.for_real():
                 mount = self.step("mount", "efs_mount", {
                     "state": "mounted", "fs_id": a["fs_id"], "path": root, "user": user,
                     "options": a["mount_options"], "owner": user, "group": user,
-                })
+                }, detach=False)
             mounted_here = bool(mount.get("mounted_by_this_call"))
             outcome = getattr(self, op)(a, root, user)
             # what EFS now holds, for the summary's cost estimate (never fails the operation)
             # and the fingerprints of the recorded destinations, this stage's own among them
             wanted = a["fingerprint"] + ([a["dest"]] if op == "stage" else [])
-            usage = self._execute_module(module_name="efs_usage", module_args={"root": root, "fingerprint": wanted},
-                                         task_vars=self.task_vars)
+            usage = self.detached.run("usage", "efs_usage", {"root": root, "fingerprint": wanted})
             if not usage.get("failed"):
                 outcome["usage"] = {k: usage.get(k) for k in ("bytes", "files", "areas", "complete")}
                 outcome["fingerprints"] = usage.get("fingerprints") or {}
         except AnsibleActionFail as exc:
-            result.update(failed=True, msg=str(exc), steps=self.steps)
+            result.update(failed=True, msg=str(exc), steps=self.steps, remote_jobs=self.detached.jobs)
             if op == "stage" and a["mode"] != "mirror":
                 result["staging_left"] = a["staging"]
             self.unmount(root, mounted_here, result)
             return result
         self.unmount(root, mounted_here, result)
-        result.update(outcome, steps=self.steps, mounted_here=mounted_here)
+        result.update(outcome, steps=self.steps, mounted_here=mounted_here, remote_jobs=self.detached.jobs,
+                      polls=self.detached.polls)
         return result
 
     def ensure_packages(self, install: bool) -> None:
@@ -224,11 +262,13 @@ class ActionModule(ActionBase):
                 "exclude": [cache] if cache else [],
             })
             pull_into, pull_mode = root + "/" + a["staging"], ("merge" if mode == "merge" else "mirror")
+        # on the instance's /run, beside the job records; each poll copies it to the controller
+        progress = "%s/%s-pull.progress.json" % (detached.JOBS_DIR, a["run_id"])
         pull_args = dict(aws, direction="pull", bucket=a["bucket"], prefix=a["prefix"], path=pull_into,
-                         mode=pull_mode, concurrency=a["concurrency"])
+                         mode=pull_mode, concurrency=a["concurrency"], progress_file=progress)
         if mode == "mirror" and cache:
             pull_args["exclude"] = [cache, cache + "/**"]
-        pull = self.step("pull", "s3_sync", pull_args)
+        pull = self.step("pull", "s3_sync", pull_args, progress=progress)
         release: dict[str, Any] = {}
         if mode != "mirror":
             release_args = {"root": root, "target": dest, "staging": a["staging"],

@@ -69,6 +69,20 @@ options:
     type: list
     elements: str
     default: []
+  remote_timeout:
+    description:
+      - Seconds the whole operation may take on the instance. Every step but the mount runs detached
+        (Ansible async, out of the SSM session, which Session Manager ends after its idle timeout) under
+        this time limit, followed with short polls; each call over SSM has the connection's own ssm_timeout.
+    type: int
+    default: 14400
+  poll_interval:
+    description: Longest wait between two polls of a detached step (from 0.25 s, doubling); well under the idle timeout.
+    type: float
+    default: 10
+  progress_file:
+    description: A file on the controller that each poll of the pull rewrites with its progress (JSON, as s3_sync's).
+    type: str
 """
 
 EXAMPLES = r"""
@@ -112,4 +126,16 @@ staging_left:
   description: On failure, the staging directory left for teardown.
   returned: failure
   type: str
+remote_jobs:
+  description: The steps this task ran detached (jid, step, module), in order.
+  returned: always
+  type: list
+waited_for:
+  description: Steps an earlier run left running on the instance that this task waited for (jid, step, run_id, failed).
+  returned: when the session started
+  type: list
+polls:
+  description: Polls of detached steps made (each one short command over SSM).
+  returned: success
+  type: int
 """

@@ -14,6 +14,9 @@
     labctl up --s3-faults RATE [--s3-fault-kinds K,..] [--s3-stall-seconds S] [--s3-fault-seed N]
                                                   the same, with a flaky S3 (faults.py) in front of moto
     labctl faults [--rate R] [--kinds K,..] [...]  show or change the S3 faults and their counters
+    labctl up --ssm-idle-timeout S [--ssm-max-duration S]
+                                                  Session Manager's limits (default 20m, none; ssm_limits.py)
+    labctl ssm-limits [--idle-timeout S] [--max-duration S]   show or change them for new sessions
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import boto3
 
 from . import iam as lab_iam
 from . import instance as inst
+from . import ssm_limits
 from .state import (
     DEFAULT_REGION,
     DEFAULT_STACK,
@@ -195,7 +199,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO / "lab"), REEFGUIDE_LAB_DIR=str(lab_dir()))
     state["labd_pid"] = spawn([sys.executable, "-m", "reefguide_lab.labd", "--port", str(state["labd_port"]),
                                "--moto-port", str(state["moto_port"]), "--region", args.region,
-                               "--boot-delay", str(args.boot_delay)], "labd.log", env=env)
+                               "--boot-delay", str(args.boot_delay)] + ssm_limits.labd_argv(args), "labd.log", env=env)
     save(state)
     try:
         wait_http("http://127.0.0.1:%d/moto-api/" % state["moto_port"], 30, state["moto_pid"], "moto server")
@@ -412,6 +416,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--s3-fault-seed", type=int, default=0, metavar="N")
     p.add_argument("--iam", action="store_true",
                    help="enforce IAM with the policies of iam/ (operator and instance users; see iam/README.md)")
+    ssm_limits.add_arguments(p)
     p.set_defaults(func=cmd_up)
     p = sub.add_parser("down")
     p.add_argument("--keep", action="store_true", help="keep the lab directory (logs, EFS data)")
@@ -447,6 +452,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--unlimited", action="store_true", help="no limit on the number of faults")
     p.add_argument("--reset-counters", action="store_true")
     p.set_defaults(func=cmd_faults)
+    ssm_limits.add_command(sub, require_up)
     p = sub.add_parser("efs-path")
     p.add_argument("--stack-name")
     p.set_defaults(func=cmd_efs_path)

@@ -32,13 +32,15 @@ from botocore.config import Config
 
 from . import iam as lab_iam
 from . import instance as inst
+from .ssm_limits import SessionLimits
+from .ssm_limits import add_arguments as add_limit_arguments
 from .state import admin_credentials, lab_dir, load
 
 POLL = 0.2
 
 
 class Supervisor:
-    def __init__(self, moto_url: str, region: str, boot_delay: float) -> None:
+    def __init__(self, moto_url: str, region: str, boot_delay: float, limits: SessionLimits | None = None) -> None:
         self.moto_url, self.region = moto_url, region
         self.credentials: dict[str, str] = {}
         self.ec2: Any = None
@@ -48,6 +50,7 @@ class Supervisor:
         self.sessions: dict[str, dict[str, Any]] = {}
         self.sessions_started: dict[str, int] = {}
         self.stop_event = threading.Event()
+        self.limits = limits or SessionLimits(0, 0)  # Session Manager's idle timeout and max duration
 
     # -- instance life cycle -------------------------------------------------
     def fs_for(self, instance_id: str) -> str | None:
@@ -181,7 +184,7 @@ class Supervisor:
             sid = "%s-%s" % (caller, secrets.token_hex(8))
             token = secrets.token_hex(16)
             self.sessions[sid] = {"instance_id": target, "token": token, "started": time.time(),
-                                  "terminated": False, "user": "ssm-user"}
+                                  "terminated": False, "user": "ssm-user", **self.limits.for_session()}
             self.sessions_started[target] = self.sessions_started.get(target, 0) + 1
         return 200, {"SessionId": sid, "TokenValue": token,
                      "StreamUrl": "ws://%s/v1/data-channel/%s?role=publish_subscribe" % (host, sid)}
@@ -233,7 +236,19 @@ class Supervisor:
             rec = self.instances.get(s["instance_id"], {})
             if not rec.get("init_pid"):
                 return 409, {"message": "instance %s is not running" % s["instance_id"]}
-            return 200, {"instance_id": s["instance_id"], "init_pid": rec["init_pid"], "user": s["user"]}
+            return 200, {"instance_id": s["instance_id"], "init_pid": rec["init_pid"], "user": s["user"],
+                         "idle_timeout": s["idle_timeout"], "max_duration": s["max_duration"]}
+
+    def session_report(self, sid: str, token: str, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The plugin stand-in tells what it saw: a module transfer, or the session it ended."""
+        with self.lock:
+            s = self.sessions.get(sid)
+            if not s or s["token"] != token:
+                return 404, {"message": "no such session"}
+            if doc.get("ended"):
+                s["terminated"] = True
+        self.limits.report(doc)
+        return 200, {}
 
     def status(self) -> dict[str, Any]:
         with self.lock:
@@ -247,6 +262,7 @@ class Supervisor:
                 },
                 "sessions_started": dict(self.sessions_started),
                 "sessions_open": sum(1 for s in self.sessions.values() if not s["terminated"]),
+                "ssm": self.limits.status(),
             }
 
 
@@ -283,6 +299,12 @@ def make_handler(sup: Supervisor, moto_host: str, moto_port: int):
         def do_POST(self) -> None:
             url = urlparse(self.path)
             data = self.body()
+            if url.path == "/lab/ssm-limits":
+                return self.reply(200, sup.limits.change(json.loads(data or b"{}")), "application/json")
+            if url.path.startswith("/lab/session/") and url.path.endswith("/report"):
+                token = parse_qs(url.query).get("token", [""])[0]
+                code, doc = sup.session_report(url.path.split("/")[3], token, json.loads(data or b"{}"))
+                return self.reply(code, doc, "application/json")
             if url.path == "/lab/boot-delay":
                 sup.boot_delay = float(json.loads(data or b"{}").get("seconds", sup.boot_delay))
                 return self.reply(200, sup.status(), "application/json")
@@ -342,9 +364,11 @@ def main() -> None:
     ap.add_argument("--moto-port", type=int, required=True)
     ap.add_argument("--region", required=True)
     ap.add_argument("--boot-delay", type=float, default=2.0)
+    add_limit_arguments(ap)
     args = ap.parse_args()
 
-    sup = Supervisor("http://127.0.0.1:%d" % args.moto_port, args.region, args.boot_delay)
+    sup = Supervisor("http://127.0.0.1:%d" % args.moto_port, args.region, args.boot_delay,
+                     SessionLimits(args.ssm_idle_timeout, args.ssm_max_duration))
     server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(sup, "127.0.0.1", args.moto_port))
     server.daemon_threads = True
 

@@ -1,0 +1,183 @@
+"""stage_data.yml against a lab whose Session Manager ends a session after 5 s without input
+(AWS: 20 min): a pull that takes several idle timeouts completes, because it runs detached on
+the instance and the controller follows it with short polls; a controller lost mid-pull leaves
+the pull to finish, and the next run waits for it instead of starting a second one."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT, VENV_BIN, ansible_env, run_playbook, tree
+from lab import Lab, running_lab
+
+INVENTORY = ROOT / "inventory" / "lab.yml"
+IDLE, STALL = 5, 4
+FAST_POLLS = ("-e", "reefguide_remote_poll_interval=1", "-e", "reefguide_pull_concurrency=1")
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with running_lab(tmp_path_factory.mktemp("idle-lab"), "--ssm-idle-timeout", "%ds" % IDLE,
+                     "--s3-faults", "0", "--s3-fault-kinds", "stall", "--s3-stall-seconds", str(STALL)) as lab:
+        yield lab
+
+
+def stall_pulls(lab: Lab, count: int) -> None:
+    """The next `count` GETs of a data file (the pull's, on the instance) are held STALL s, then reset."""
+    lab.ctl("faults", "--rate", "1", "--kinds", "stall", "--stall-seconds", str(STALL), "--presigned", "no",
+            "--match", r"^GET /%s/reefguide-efs/runs/.*blob\d+\.bin$" % re.escape(lab.bucket),
+            "--max-faults", str(count), "--reset-counters")
+
+
+def stalls(lab: Lab) -> int:
+    return int(lab.status()["s3_faults"]["counters"]["by_kind"].get("stall", 0))
+
+
+def ssm(lab: Lab) -> dict:
+    return lab.status()["ssm"]
+
+
+def make_src(root: Path, files: int = 4) -> Path:
+    root.mkdir(parents=True)
+    for i in range(files):
+        (root / ("blob%d.bin" % i)).write_bytes(os.urandom(64 * 1024 + i))
+    return root
+
+
+def ec2_state(lab: Lab) -> str:
+    return lab.status()["instances"][lab.instance_id]["ec2_state"]
+
+
+def test_a_silent_command_longer_than_the_idle_timeout_dies_over_aws_ssm(strict: Lab, tmp_path: Path) -> None:
+    """What the remote part must avoid: one call that sends nothing for longer than the idle timeout."""
+    strict.start_instance()
+    try:
+        before = ssm(strict)["sessions_ended"]["idle"]
+        inventory = strict.inventory(tmp_path / "inv.json")
+        res = strict.ansible(inventory, "ansible.builtin.command", "sleep %d" % (IDLE * 3))
+        assert res.returncode != 0, res.stdout[-2000:]
+        assert ssm(strict)["sessions_ended"]["idle"] > before
+    finally:
+        strict.stop_instance()
+
+
+def test_a_pull_several_idle_timeouts_long_completes(strict: Lab, tmp_path: Path) -> None:
+    src = make_src(tmp_path / "src")
+    dest = "data/reefguide/slow"
+    transfers = ssm(strict)["module_transfers"].get("s3_sync", 0)
+    ended = ssm(strict)["sessions_ended"]["idle"]
+    stall_pulls(strict, 4)  # 4 x 4 s held: the pull lasts more than three idle timeouts
+    run = run_playbook(strict.env, INVENTORY, "stage_data.yml", "-e", "src=%s" % src, "-e", "dest=%s" % dest,
+                       *FAST_POLLS)
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert stalls(strict) == 4
+    assert tree(strict.efs_path / dest) == tree(src)
+    assert ssm(strict)["sessions_ended"]["idle"] == ended  # the session was never idle that long
+    assert ssm(strict)["module_transfers"].get("s3_sync", 0) == transfers + 1  # exactly one pull started
+    assert re.search(r"pull: transferring, \d/4 files", run.stdout), run.stdout[-4000:]  # progress while it ran
+    progress = json.loads(Path(os.environ.get("TMPDIR", "/tmp"), "reefguide-efs-pull-lab.json").read_text())
+    assert progress["step"] == "pull" and progress["files_total"] == 4
+    assert ec2_state(strict) == "stopped"
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (Ansible's workers call setsid: the process
+    group does not hold them)."""
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(Path("/proc/%s/stat" % entry).read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    todo, tree_pids = [pid], []
+    while todo:
+        p = todo.pop()
+        tree_pids.append(p)
+        todo.extend(children.get(p, []))
+    for p in tree_pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+class PullWatcher:
+    """Samples the pull processes (s3_sync modules) running in the instance."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab, self.most, self.stop = lab, 0, threading.Event()
+        self.thread = threading.Thread(target=self.watch, daemon=True)
+        self.thread.start()
+
+    def pulls(self) -> int:
+        init = self.lab.init_pid()
+        try:
+            ns = os.readlink("/proc/%d/ns/pid" % init) if init else None
+        except OSError:  # the instance stopped meanwhile
+            ns = None
+        if ns is None:
+            return 0
+        n = 0
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                argv = Path("/proc/%s/cmdline" % pid).read_bytes().split(b"\0")
+                if os.readlink("/proc/%s/ns/pid" % pid) != ns:
+                    continue
+            except OSError:
+                continue
+            # the module's own process (async_wrapper's carry its path further down their argv)
+            n += len(argv) > 1 and argv[1].endswith(b"AnsiballZ_s3_sync.py")
+        return n
+
+    def watch(self) -> None:
+        while not self.stop.wait(0.2):
+            self.most = max(self.most, self.pulls())
+
+    def done(self) -> int:
+        self.stop.set()
+        self.thread.join()
+        return self.most
+
+
+def test_a_controller_lost_mid_pull_leaves_the_pull_to_finish_and_the_next_run_waits(strict: Lab,
+                                                                                       tmp_path: Path) -> None:
+    src = make_src(tmp_path / "src", files=6)
+    dest = "data/reefguide/lost"
+    transfers = ssm(strict)["module_transfers"].get("s3_sync", 0)
+    stall_pulls(strict, 6)
+    watcher = PullWatcher(strict)
+    try:
+        env = ansible_env(strict.env)
+        env["ANSIBLE_STDOUT_CALLBACK"] = "default"
+        first = subprocess.Popen([str(VENV_BIN / "ansible-playbook"), "-i", str(INVENTORY), "stage_data.yml",
+                                  "-e", "src=%s" % src, "-e", "dest=%s" % dest, *FAST_POLLS], cwd=ROOT, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 180
+        while not (watcher.most and stalls(strict) >= 1):
+            assert first.poll() is None and time.time() < deadline, "the first run never reached its pull"
+            time.sleep(0.2)
+        kill_tree(first.pid)  # the controller is lost, its SSM session with it
+        first.wait()
+        again = run_playbook(strict.env, INVENTORY, "stage_data.yml", "-e", "src=%s" % src, "-e", "dest=%s" % dest,
+                             "-e", "break_lock=true", "-e", "force_stop=true", *FAST_POLLS)
+    finally:
+        most = watcher.done()
+    Path(os.environ.get("REEFGUIDE_TEST_LOG", "/dev/null")).write_text(again.stdout + again.stderr)
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert "is still running on the instance" in again.stdout + again.stderr, again.stdout[-4000:]
+    assert most == 1  # never two pulls at once
+    assert stalls(strict) == 6  # the first pull went on after its controller was gone
+    assert ssm(strict)["module_transfers"].get("s3_sync", 0) == transfers + 2  # the first, then the re-run's
+    assert tree(strict.efs_path / dest) == tree(src)
+    assert ec2_state(strict) == "stopped"
