@@ -19,7 +19,10 @@ apart from metadata work by the files' access times:
   only a read moves atime past it).
 
 So a figure is "bytes of the files read between two points"; a partial read
-counts the whole file. Reads are attributed to the total since the last
+counts the whole file. Not seen: a file read and then deleted or replaced by
+another inode before the next point (its atime goes with it): the pull's
+checksum cache is one (read as the pull starts, replaced when it is saved), so
+its size is in the pull's own result (local_read.checksum_cache_bytes). Reads are attributed to the total since the last
 reset and to every SSM session open at the time (labd calls
 session_started / session_ended).
 """
