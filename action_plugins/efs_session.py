@@ -60,6 +60,7 @@ ARGUMENT_SPEC: dict[str, Any] = dict(
     staging_root=dict(type="str"),
     cache_in_dest=dict(type="str"),
     cache=dict(type="str"),
+    checksum_cache=dict(type="str"),
     run_id=dict(type="str"),
     mode=dict(type="str", choices=["replace", "merge", "mirror"], default="replace"),
     clear_cache=dict(type="bool", default=False),
@@ -268,6 +269,8 @@ class ActionModule(ActionBase):
                          mode=pull_mode, concurrency=a["concurrency"], progress_file=progress)
         if mode == "mirror" and cache:
             pull_args["exclude"] = [cache, cache + "/**"]
+        if a["checksum_cache"]:
+            pull_args["checksum_cache"] = root + "/" + a["checksum_cache"]
         pull = self.step("pull", "s3_sync", pull_args, progress=progress)
         release: dict[str, Any] = {}
         if mode != "mirror":

@@ -313,9 +313,9 @@ def stage_section(stage: dict) -> list[str]:
     if not stage.get("measured"):
         return []
     lines = ["", "## stage_data.yml in the lab (moto S3, namespace instance, SSM over labd)", "",
-             "| data | run | wall, s | SSM sessions | instance after | upload | instance start | remote work "
-             "| instance stopped at | end |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| data | run | wall, s | SSM sessions | read from EFS | instance after | upload | instance start "
+             "| remote work | instance stopped at | end |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in stage["cases"].items():
         name, leg = key.split("/")
         t = r.get("timeline", {})
@@ -323,8 +323,10 @@ def stage_section(stage: dict) -> list[str]:
         def span(k: str, t: dict = t) -> str:
             return "%.1f–%.1f" % tuple(t[k]) if k in t else "–"
 
-        lines.append("| %s | %s | %s | %d | %s | %s | %s | %s | %s | %s |" % (
+        read = r.get("efs_read")
+        lines.append("| %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %s |" % (
             name, leg, "%.2f" % r["seconds"] if r["ok"] else "failed: %s" % r["error"], r["ssm_sessions"],
+            "%d files, %d bytes" % (read["files"], read["bytes"]) if read else "–",
             "/".join(r["instance_after"]), span("upload"), span("instance start"), span("remote work"),
             "%.1f" % t["instance stopped at"] if "instance stopped at" in t else "–",
             "%.1f" % t["end"] if "end" in t else "–"))

@@ -1,8 +1,9 @@
 """The stage playbook in the lab (issue 5, second part): wall time of a
 one-file stage and of the mixed set's stage, the SSM sessions each opened
-(labd counts them), and how the time splits, read from the timeline line of
-the playbook's summary. An identical re-run of each is measured too: it
-should open no session and start no instance.
+(labd counts them), the bytes read from EFS (the lab counts them:
+lab/reefguide_lab/efs_reads.py), and how the time splits, read from the
+timeline line of the playbook's summary. An identical re-run of each is
+measured too: it should open no session and start no instance.
 
 The lab is moto, not S3: its transfers are moto's speed (docs/architecture.md, "The lab"),
 so these figures say how the playbook spends its time, not how fast S3 is.
@@ -59,6 +60,10 @@ class StageLab:
     def sessions(self) -> int:
         return sum(json.loads(self.ctl("status"))["sessions_started"].values())
 
+    def efs_reads(self, reset: bool = False) -> dict:
+        """The lab's count of EFS reads since its last reset (labctl efs-reads)."""
+        return json.loads(self.ctl("efs-reads", *(["--reset"] if reset else [])))
+
     def instance_states(self) -> list[str]:
         return sorted({i["ec2_state"] for i in json.loads(self.ctl("status"))["instances"].values()})
 
@@ -93,6 +98,7 @@ def summary_of(stdout: str) -> list[str]:
 def stage_once(lab: StageLab, src: Path, dest: str, log: Path) -> dict:
     env = dict(lab.env, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1")
     before = lab.sessions()
+    lab.efs_reads(reset=True)
     argv = [str(LABCTL), "exec", "--", str(VENV_BIN / "ansible-playbook"), "stage_data.yml",
             "-e", "src=%s" % src, "-e", "dest=%s" % dest]
     started = time.perf_counter()
@@ -100,8 +106,10 @@ def stage_once(lab: StageLab, src: Path, dest: str, log: Path) -> dict:
     seconds = time.perf_counter() - started
     log.write_text(out.stdout + out.stderr)
     summary = summary_of(out.stdout)
+    reads = lab.efs_reads()
     return {"seconds": round(seconds, 2), "ok": out.returncode == 0, "rc": out.returncode,
             "ssm_sessions": lab.sessions() - before, "instance_after": lab.instance_states(),
+            "efs_read": {"bytes": reads["bytes"], "files": reads["files"]},
             "timeline": parse_timeline(summary), "summary": summary}
 
 
@@ -129,7 +137,7 @@ def measure(work: Path, cases: list[tuple[str, Path]], say: Callable[[str], None
                     r["error"] = verify(lab, src, dest)
                     r["ok"] = r["error"] is None
                 results["%s/%s" % (name, leg)] = r
-                say("  stage  %-8s %-10s %7.2f s  %d SSM sessions  instance %s%s" % (
-                    name, leg, r["seconds"], r["ssm_sessions"], "/".join(r["instance_after"]),
+                say("  stage  %-8s %-10s %7.2f s  %d SSM sessions  %d bytes read from EFS  instance %s%s" % (
+                    name, leg, r["seconds"], r["ssm_sessions"], r["efs_read"]["bytes"], "/".join(r["instance_after"]),
                     "" if r["ok"] else "  FAILED: %s" % r["error"]))
     return {"measured": True, "cases": results}

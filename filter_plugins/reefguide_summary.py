@@ -77,6 +77,17 @@ def _usage_line(usage: dict[str, Any], price: float) -> Optional[str]:
         "" if usage.get("complete", True) else " (at least: the count stopped at its time budget)")
 
 
+def _efs_read_line(pull: dict[str, Any]) -> Optional[str]:
+    """What the pull read from EFS to tell changed files from unchanged ones (reads cost on EFS)."""
+    read = pull.get("local_read")
+    if not read:
+        return None
+    return ("Read from EFS to compare: %d files hashed (%d bytes) + the checksum cache (%d bytes); "
+            "unchanged files are known by their size, mtime and inode" % (
+                int(read.get("files") or 0), int(read.get("hashed_bytes") or 0),
+                int(read.get("checksum_cache_bytes") or 0)))
+
+
 def _release_line(run: dict[str, Any], stage: dict[str, Any], request: dict[str, Any]) -> str:
     line = "Release %s is live (previous: %s)." % (stage["release_id"], stage.get("previous_release_id") or "none")
     if not stage.get("previous_release_id"):
@@ -135,6 +146,7 @@ def stage_summary(run: dict[str, Any]) -> list[str]:
         lines.append("Pull on the instance: %d files / %d bytes transferred, %d skipped, %d deleted" % (
             _files(pull, "transferred"), _bytes(pull, "transferred"), _files(pull, "skipped"),
             _files(pull, "deleted")))
+        lines += [line for line in (_efs_read_line(pull),) if line]
     if stage.get("release_id"):
         lines.append(_release_line(run, stage, request))
     times = run.get("times") or {}

@@ -53,6 +53,11 @@ options:
   cache:
     description: The workers' cache relative to the EFS root, emptied by O(clear_cache) (stage_request's C(cache)).
     type: str
+  checksum_cache:
+    description:
+      - The pull's checksum cache relative to O(efs_root) (stage_request's C(checksum_cache)); without it the
+        cache is on the instance's disk, lost when the instance is replaced.
+    type: str
   run_id: {description: The run id (stage; names the staging area removed after the release)., type: str}
   mode: {description: How the destination is updated., type: str, choices: [replace, merge, mirror], default: replace}
   clear_cache: {description: Empty data/reefguide/cache after the release (kept)., type: bool, default: false}
@@ -107,7 +112,9 @@ steps:
   returned: always
   type: dict
 pull:
-  description: The s3_sync pull's result (files and bytes transferred, skipped, deleted, seconds).
+  description: >-
+    The s3_sync pull's result (files and bytes transferred, skipped, deleted, seconds; C(local_read): what it
+    read from EFS to compare).
   returned: success
   type: dict
 release_id:

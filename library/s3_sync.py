@@ -116,6 +116,10 @@ options:
     description:
       - File holding the SHA-256s of local files between runs. Default
         C(~/.cache/reefguide-efs/checksums/<hash of path>.json) of the user the module runs as.
+      - An entry holds while the file's size, mtime and inode are unchanged, and, for a push, its
+        ctime too. A pull leaves ctime out because a hard-link copy of the destination (the stage's
+        staging copy) changes every file's ctime; the edit a pull then misses is one in place that keeps
+        the size and sets the mtime back to the nanosecond (use I(rehash) after one).
     type: path
   rehash:
     description:
@@ -274,6 +278,13 @@ hashed:
   returned: always
   type: dict
   sample: {files: 0, bytes: 0}
+local_read:
+  description: >-
+    What the comparison read from the local side (for a stage's pull: from EFS): the files hashed
+    (I(files), I(hashed_bytes)) and the checksum cache file (I(checksum_cache_bytes)); I(bytes) is their sum.
+  returned: always
+  type: dict
+  sample: {files: 1, hashed_bytes: 1048576, checksum_cache_bytes: 2210, bytes: 1050786}
 manifest_written:
   description: Whether the manifest object was rewritten (push only; it is not rewritten when unchanged).
   returned: always

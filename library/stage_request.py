@@ -169,6 +169,12 @@ cache:
   description: The workers' cache relative to the EFS root (C(data/reefguide/cache)).
   returned: success
   type: str
+checksum_cache:
+  description:
+    - The pull's checksum cache for O(dest), relative to the EFS root (C(.reefguide-checksums/<dest_key>.json)).
+      It is on EFS, so it survives a replaced instance.
+  returned: success
+  type: str
 staging_root:
   description: This tool's staging directory at the EFS root.
   returned: success

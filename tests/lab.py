@@ -80,6 +80,10 @@ class Lab:
     def set_boot_delay(self, seconds: float) -> None:
         self.ctl("boot-delay", str(seconds))
 
+    def efs_reads(self, reset: bool = False) -> dict[str, Any]:
+        """The lab's count of EFS reads through the instance's mount (lab/reefguide_lab/efs_reads.py)."""
+        return json.loads(self.ctl("efs-reads", *(["--reset"] if reset else [])).stdout)
+
     def sessions_started(self) -> int:
         return int(self.status()["sessions_started"].get(self.instance_id, 0))
 

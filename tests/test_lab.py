@@ -116,7 +116,9 @@ def test_mount_persists_across_sessions_and_is_invisible_on_host(lab: Lab, tmp_p
     findmnt = lab.ansible(inv, "command", "findmnt -n -o TARGET /home/ec2-user/efs")
     assert "/home/ec2-user/efs" in findmnt.stdout
     with open("/proc/self/mountinfo") as fh:
-        assert str(lab.dir) not in fh.read(), "an instance mount leaked to the host"
+        # the one lab mount on the host is the storage's own noatime guard (lab/reefguide_lab/efs_reads.py)
+        leaked = [line for line in fh if str(lab.dir) in line and line.split()[4] != str(lab.dir / "efs")]
+    assert leaked == [], "an instance mount leaked to the host"
     assert not os.path.exists("/home/ec2-user/mountefs.sh")
 
 

@@ -46,6 +46,16 @@ def test_a_successful_stage_says_what_travelled_the_release_and_how_to_roll_back
     assert lines[-1] == "EFS now holds 2.000 GiB (data/reefguide 2.0 GiB), about $0.64 a month at $0.30/GB-month"
 
 
+def test_the_bytes_the_pull_read_from_efs_are_shown_and_not_invented() -> None:
+    pull = {"transferred": {"files": 1, "bytes": 9}, "skipped": {"files": 7}, "deleted": {"files": 0},
+            "local_read": {"files": 1, "hashed_bytes": 1048576, "checksum_cache_bytes": 2210, "bytes": 1050786}}
+    lines = stage_summary(staged_run(stage=dict(staged_run()["stage"], pull=pull)))
+    assert ("Read from EFS to compare: 1 files hashed (1048576 bytes) + the checksum cache (2210 bytes); "
+            "unchanged files are known by their size, mtime and inode") in lines
+    # a pull result without the count (an older module) gets no line rather than a zero
+    assert not [line for line in stage_summary(staged_run()) if line.startswith("Read from EFS")]
+
+
 def test_timeline_shows_the_upload_overlapping_the_instance_start() -> None:
     assert timeline(staged_run()["times"]) == (
         "upload 4.0-6.5, instance start 4.2-8.2, remote work 10.0-14.3, instance stopped at 16.0, end 17.0")

@@ -11,6 +11,7 @@
     labctl boot-delay SECONDS                     how long the SSM agent takes to come Online
     labctl shell [--user U]                       a root (or U) shell inside the running instance
     labctl efs-path [--stack-name N]              the host directory that holds the stack's EFS data
+    labctl efs-reads [--reset]                    bytes read from EFS through the instance's mount (json)
     labctl up --s3-faults RATE [--s3-fault-kinds K,..] [--s3-stall-seconds S] [--s3-fault-seed N]
                                                   the same, with a flaky S3 (faults.py) in front of moto
     labctl faults [--rate R] [--kinds K,..] [...]  show or change the S3 faults and their counters
@@ -37,9 +38,9 @@ from typing import Any
 
 import boto3
 
+from . import efs_reads, ssm_limits
 from . import iam as lab_iam
 from . import instance as inst
-from . import ssm_limits
 from .state import (
     DEFAULT_REGION,
     DEFAULT_STACK,
@@ -172,8 +173,10 @@ def cmd_up(args: argparse.Namespace) -> None:
     check_prerequisites()
     t0 = time.time()
     if lab_dir().exists():
+        efs_reads.release_storage()
         shutil.rmtree(lab_dir())
     (lab_dir() / "logs").mkdir(parents=True)
+    efs_reads.guard_storage()
     (lab_dir() / "aws").mkdir()
     (lab_dir() / "aws" / "config").write_text("[default]\nregion = %s\n" % args.region)
     (lab_dir() / "aws" / "credentials").write_text(
@@ -271,6 +274,7 @@ def cmd_down(args: argparse.Namespace) -> None:
     still = lab_processes(state)
     if still:
         die("processes still running after down: %s" % still)
+    efs_reads.release_storage()
     if not getattr(args, "keep", False):
         shutil.rmtree(lab_dir(), ignore_errors=True)
     print("lab down: stopped %s" % ", ".join(
@@ -292,6 +296,7 @@ def cmd_status(args: argparse.Namespace) -> None:
            "labd": {"pid": state["labd_pid"], "port": state["labd_port"]},
            "stacks": state.get("stacks", {}), "up_seconds": state.get("up_seconds")}
     doc.update(labd_status(state))
+    doc["efs_reads"] = efs_reads.brief()
     if state.get("faults_pid"):
         doc["s3_faults"] = dict(faults_request(state), pid=state["faults_pid"], port=state["faults_port"])
     print(json.dumps(doc, indent=2, sort_keys=True))
@@ -456,6 +461,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("efs-path")
     p.add_argument("--stack-name")
     p.set_defaults(func=cmd_efs_path)
+    efs_reads.add_parser(sub)
     args = ap.parse_args(argv)
     try:
         args.func(args)

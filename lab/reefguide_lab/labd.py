@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlparse
 import boto3
 from botocore.config import Config
 
+from . import efs_reads
 from . import iam as lab_iam
 from . import instance as inst
 from .ssm_limits import SessionLimits
@@ -37,6 +38,14 @@ from .ssm_limits import add_arguments as add_limit_arguments
 from .state import admin_credentials, lab_dir, load
 
 POLL = 0.2
+
+
+def account_reads(hook: Any, *args: str) -> None:
+    """The EFS read accounting at a session's start or end (efs_reads.py); never fails a call."""
+    try:
+        hook(*args)
+    except Exception:  # noqa: BLE001 - the accounting must not break SSM
+        traceback.print_exc()
 
 
 class Supervisor:
@@ -154,9 +163,10 @@ class Supervisor:
         return bool(rec.get("init_pid")) and time.time() - (rec.get("running_since") or 0) >= self.boot_delay
 
     def end_sessions(self, instance_id: str) -> None:
-        for s in self.sessions.values():
-            if s["instance_id"] == instance_id:
+        for sid, s in self.sessions.items():
+            if s["instance_id"] == instance_id and not s["terminated"]:
                 s["terminated"] = True
+                account_reads(efs_reads.session_ended, sid)
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -186,6 +196,7 @@ class Supervisor:
             self.sessions[sid] = {"instance_id": target, "token": token, "started": time.time(),
                                   "terminated": False, "user": "ssm-user", **self.limits.for_session()}
             self.sessions_started[target] = self.sessions_started.get(target, 0) + 1
+        account_reads(efs_reads.session_started, sid, target)
         return 200, {"SessionId": sid, "TokenValue": token,
                      "StreamUrl": "ws://%s/v1/data-channel/%s?role=publish_subscribe" % (host, sid)}
 
@@ -194,6 +205,8 @@ class Supervisor:
         with self.lock:
             if sid in self.sessions:
                 self.sessions[sid]["terminated"] = True
+        if sid in self.sessions:
+            account_reads(efs_reads.session_ended, sid)
         return 200, {"SessionId": sid}
 
     def describe_instance_information(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -1,7 +1,21 @@
 # Local SHA-256s and the cache that keeps them between runs. An unchanged
 # tree costs one lstat per file: a file's SHA-256 lives in a cache keyed by
-# (size, mtime_ns, inode, ctime_ns), together with the ETag of the object its
-# content was last synced with, so no file is re-read and no object is HEADed.
+# its stat, together with the ETag of the object its content was last synced
+# with, so no file is re-read and no object is HEADed.
+#
+# The key. A push source (the user's tree, edited with any tool) is keyed by
+# (size, mtime_ns, inode, ctime_ns). A pull destination is keyed by (size,
+# mtime_ns, inode) only: the stage's staging copy is made of hard links, and a
+# link changes every file's ctime, so with ctime every stage re-read every
+# unchanged file over NFS (EFS burst credits, Infrequent Access charges).
+# Dropping ctime is safe enough there: the pull writes every file under a new
+# name and renames it into place (a new inode, with the source's mtime), and a
+# hand edit that rewrites, truncates or copies over a file changes its mtime or
+# size, and a file moved over it brings its own inode. What goes unseen is an
+# edit in place that keeps the size and puts the mtime back to the nanosecond
+# (`touch -r`, `cp -p`/`rsync --inplace -t` from a file of the same size and
+# mtime): after one, roll back or remove the destination first (README), or
+# pull with rehash.
 
 from __future__ import annotations
 
@@ -45,6 +59,10 @@ def hash_file(path: str, offset: int = 0, length: Optional[int] = None, hasher: 
     return h
 
 
+KEY_WITH_CTIME = 4  # fields of the key compared: all four (push), or size, mtime_ns, inode (pull)
+KEY_WITHOUT_CTIME = 3
+
+
 def stat_key(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
@@ -79,23 +97,28 @@ class ChecksumCache:
     """rel -> CacheEntry ([size, mtime_ns, ino, ctime_ns, sha256, etag] on
     disk): the SHA-256 of a local file as long as its stat is unchanged, and the ETag of the object
     it was last found equal to. Entries whose mtime is within RACY_NS of the
-    moment they were hashed are not kept."""
+    moment they were hashed are not kept. with_ctime=False compares size,
+    mtime and inode only (a pull destination: see the top of this file)."""
 
     VERSION = 1
 
-    def __init__(self, path: Optional[str], root: str, enabled: bool = True):
+    def __init__(self, path: Optional[str], root: str, enabled: bool = True, with_ctime: bool = True):
         self.path = path
         self.root = os.path.realpath(root)
         self.entries: dict[str, list] = {}
         self.lock = threading.Lock()
         self.dirty = False
+        self.key_fields = KEY_WITH_CTIME if with_ctime else KEY_WITHOUT_CTIME
+        self.bytes_read = 0  # of the cache file itself (on EFS for a stage's pull)
         if path and enabled:
             self._load()
 
     def _load(self) -> None:
         try:
-            with open(self.path, encoding="utf-8", errors="surrogateescape") as fh:
-                doc = json.load(fh)
+            with open(self.path, "rb") as fh:
+                raw = fh.read()
+            self.bytes_read = len(raw)
+            doc = json.loads(raw.decode("utf-8", "surrogateescape"))
         except (OSError, ValueError):
             return
         if isinstance(doc, dict) and doc.get("version") == self.VERSION and doc.get("root") == self.root:
@@ -109,7 +132,15 @@ class ChecksumCache:
         if not raw or not isinstance(raw, list) or len(raw) != len(CacheEntry._fields):
             return None
         entry = CacheEntry._make(raw)
-        return entry if entry.key == key else None
+        n = self.key_fields
+        return entry if entry.key[:n] == key[:n] else None
+
+    def forget(self, rels: list[str]) -> None:
+        """Drops the entries of files about to be replaced or deleted."""
+        with self.lock:
+            for rel in rels:
+                if self.entries.pop(rel, None) is not None:
+                    self.dirty = True
 
     def store(self, rel: str, key: list[int], sha: str, etag: Optional[str], hashed_at_ns: int) -> None:
         with self.lock:

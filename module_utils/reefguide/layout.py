@@ -18,6 +18,9 @@ CACHE = WORKERS_ROOT + "/cache"
 # This tool's own areas under the EFS root.
 STAGING_DIR = ".reefguide-staging"
 RELEASES_DIR = ".reefguide-releases"
+# The pull's checksum cache, one file per destination, beside the releases: on EFS it survives a
+# replaced instance, and it is read from EFS only once per stage (checksums.py).
+CHECKSUMS_DIR = ".reefguide-checksums"
 # A target key longer than this many bytes is cut and suffixed with a hash.
 MAX_KEY_BYTES = 200
 
@@ -136,7 +139,7 @@ def destination_facts(dest: str, transfer_prefix: str) -> dict[str, Any]:
     """Everything filed under a destination, for the roles and the remote part (which cannot import
     this file): its key (the same percent-encoding as its releases), the upload prefix, the record
     of what is live (and its key before the encoding was made collision-free), the staging area,
-    and where the workers' cache lies inside it."""
+    the pull's checksum cache, and where the workers' cache lies inside it."""
     key = target_key(dest)
     prefix = safe_relpath(transfer_prefix, "transfer_prefix")
     return {
@@ -151,6 +154,7 @@ def destination_facts(dest: str, transfer_prefix: str) -> dict[str, Any]:
         "staging_area": "%s/%s" % (STAGING_DIR, key),
         "staging": "%s/%s/%s" % (STAGING_DIR, key, dest),
         "cache_in_dest": cache_inside(dest),
+        "checksum_cache": "%s/%s.json" % (CHECKSUMS_DIR, key),
         "cache": CACHE,
         "staging_root": STAGING_DIR,
     }

@@ -84,9 +84,20 @@ class Sync(PushSync, PullSync):
     def _open_cache(self) -> None:
         o = self.opts
         path = o.checksum_cache or default_cache_path(self.root)
-        self.cache = ChecksumCache(path, self.root, enabled=o.use_checksum_cache and not o.rehash)
+        # a pull destination is keyed without ctime: hard links change it (checksums.py)
+        self.cache = ChecksumCache(path, self.root, enabled=o.use_checksum_cache and not o.rehash,
+                                   with_ctime=o.direction == "push")
         if not o.use_checksum_cache:
             self.cache.path = None
+
+    def save_cache(self) -> None:
+        """Writes the cache's entries of the files seen (a failure is a warning: the sync is done)."""
+        if not self.cache or self.opts.dry_run:
+            return
+        try:
+            self.cache.save(self.seen)
+        except OSError as exc:
+            self.warnings.append("could not save the checksum cache %s: %s" % (self.cache.path, exc))
 
     def _take_lock(self) -> None:
         """A pull holds its local root alone (temporaries of another live run
@@ -194,11 +205,7 @@ class Sync(PushSync, PullSync):
             self.progress.close("failed")
             raise
         finally:
-            if self.cache and not self.opts.dry_run:
-                try:
-                    self.cache.save(self.seen)
-                except OSError as exc:
-                    self.warnings.append("could not save the checksum cache %s: %s" % (self.cache.path, exc))
+            self.save_cache()
             self._release()
 
     def _scan_both(self, scan: Callable[[], Any]) -> tuple[Any, RemoteState]:
@@ -270,6 +277,10 @@ class Sync(PushSync, PullSync):
             "temporaries_removed": self.temporaries_removed,
             "multipart_files": self.multipart_files,
             "hashed": {"files": self.hashed_files, "bytes": self.hashed_bytes},
+            # what the comparison read from the local side (EFS, for a stage's pull)
+            "local_read": {"files": self.hashed_files, "hashed_bytes": self.hashed_bytes,
+                           "checksum_cache_bytes": self.cache.bytes_read if self.cache else 0,
+                           "bytes": self.hashed_bytes + (self.cache.bytes_read if self.cache else 0)},
             "manifest_written": self.manifest_written,
             "requests": requests,
             "retries": self.client.retries if self.client else 0,

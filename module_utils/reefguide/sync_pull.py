@@ -65,6 +65,11 @@ class PullSync:
                 self.dirs_created += 1
             else:
                 self._make_dir(d)
+        if self.cache and (downloads or plan.delete):
+            # written now without the files about to be replaced: a pull killed mid-way must not
+            # leave entries behind for names whose inode may be reused (the key has no ctime)
+            self.cache.forget([o.rel for o in downloads] + plan.delete)
+            self.save_cache()
         self.progress.files_total = len(downloads)
         self.progress.bytes_total = sum(o.size for o in downloads)
         self.progress.set_phase("transferring")
