@@ -167,6 +167,10 @@ def teardown_summary(run: dict[str, Any]) -> list[str]:
     lines = ["CHECK MODE: nothing was changed; listed is what would go."] if check else []
     lines.append("Transfer bucket: %d objects, %d bytes %s" % (
         int(s3.get("deleted") or 0), int(s3.get("bytes") or 0), "to delete" if check else "deleted"))
+    multipart = s3.get("multipart") or {}
+    lines.append("Incomplete multipart uploads (billed, invisible in listings): %d, %d parts, %d bytes %s" % (
+        int(multipart.get("uploads") or 0), int(multipart.get("parts") or 0), int(multipart.get("bytes") or 0),
+        "to abort" if check else "aborted"))
     if efs:
         freed = int(efs.get("bytes_freed") or 0)
         lines.append("EFS: %d bytes %s (%.2f GiB, about $%.2f a month saved at $%.2f/GB-month); releases pruned: %s;"

@@ -6,10 +6,12 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: s3_prefix
-short_description: Delete every object under a prefix of the transfer bucket
+short_description: Delete every object and abort every incomplete multipart upload under a prefix of the transfer bucket
 description:
   - Removes a run's upload prefix after staging (the transfer bucket is meant to be transient),
     or every run prefix left behind, for teardown.
+  - Also aborts the incomplete multipart uploads under the prefix (O(multipart_uploads)), which S3
+    bills for and no object listing shows (a killed upload leaves them), counting their parts and bytes.
   - Only keys under O(prefix) are touched; the prefix must not be empty or C(/).
   - Runs on the controller. Check mode lists what would go, with sizes.
 version_added: "0.1.0"
@@ -23,6 +25,16 @@ options:
     description: The prefix to empty (e.g. C(reefguide-efs/runs/<dest key>/)).
     type: str
     required: true
+  objects:
+    description: Delete the objects. V(false) with O(multipart_uploads) only aborts incomplete uploads
+      (a failed stage keeps its objects for the re-run, but the engine never resumes a multipart upload).
+    type: bool
+    default: true
+  multipart_uploads:
+    description: Abort the incomplete multipart uploads under O(prefix) (ListMultipartUploads, ListParts,
+      AbortMultipartUpload); those under O(keep) are left alone too.
+    type: bool
+    default: true
   keep:
     description: Sub-prefixes directly under O(prefix) to leave alone (e.g. a run still in progress).
     type: list
@@ -52,12 +64,22 @@ prefixes:
   description: The first-level sub-prefixes touched, with object counts and bytes.
   returned: always
   type: dict
+multipart:
+  description: The incomplete multipart uploads aborted (or to abort, in check mode).
+  returned: always
+  type: dict
+  contains:
+    uploads: {description: how many, type: int}
+    parts: {description: their parts (ListParts), type: int}
+    bytes: {description: the parts' bytes, type: int}
+    first: {description: "the first 20: key, initiated, parts, bytes", type: list}
 """
 
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.reefguide.aws import AWS_COMMON_ARGS, client_from_params, fail_aws, require_boto3
+from ansible.module_utils.reefguide.multipart import abort_uploads, incomplete_uploads, uploads_summary
 
 
 def main() -> None:
@@ -65,6 +87,8 @@ def main() -> None:
         bucket=dict(type="str", required=True),
         prefix=dict(type="str", required=True),
         keep=dict(type="list", elements="str", default=[]),
+        objects=dict(type="bool", default=True),
+        multipart_uploads=dict(type="bool", default=True),
     )
     spec.update(AWS_COMMON_ARGS)
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
@@ -80,8 +104,15 @@ def main() -> None:
     keys: list[str] = []
     total = 0
     groups: dict[str, dict[str, int]] = {}
+    uploads: list[dict[str, Any]] = []
     try:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=p["bucket"], Prefix=prefix):
+        if p["multipart_uploads"]:
+            uploads = [up for up in incomplete_uploads(s3, p["bucket"], prefix)
+                       if not (keep and up["key"].startswith(keep))]
+            if not module.check_mode:
+                abort_uploads(s3, p["bucket"], uploads)
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=p["bucket"], Prefix=prefix) if p["objects"] else []
+        for page in pages:
             for obj in page.get("Contents", []):
                 if keep and obj["Key"].startswith(keep):
                     continue
@@ -102,7 +133,8 @@ def main() -> None:
                                         len(resp["Errors"])))
     except Exception as exc:
         fail_aws(module, exc, "emptying s3://%s/%s" % (p["bucket"], prefix))
-    module.exit_json(changed=bool(keys), deleted=len(keys), bytes=total, prefixes=groups,
+    module.exit_json(changed=bool(keys or uploads), deleted=len(keys), bytes=total, prefixes=groups,
+                     multipart=uploads_summary(uploads),
                      diff={"before": "".join("%s\n" % k for k in keys[:50]), "after": ""})
 
 

@@ -755,6 +755,23 @@ def deny_all() -> Iterator[Server]:
         server.server_close()
 
 
+def relay(handler: http.server.BaseHTTPRequestHandler, target: str, body: Optional[bytes]) -> None:
+    """Forwards the request handler holds (its body already read) to target, and the answer back."""
+    conn = http.client.HTTPConnection(target, timeout=60)
+    conn.request(handler.command, handler.path, body=body, headers=dict(handler.headers))
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    handler.send_response(resp.status)
+    for name, value in resp.getheaders():
+        if name.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+            handler.send_header(name, value)
+    handler.send_header("content-length", str(len(data)))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(data)
+
+
 class _FaultProxy(http.server.BaseHTTPRequestHandler):
     """Forwards to a real endpoint, except requests `fail` picks: those get
     AccessDenied (not retried), deterministically."""
@@ -768,19 +785,7 @@ class _FaultProxy(http.server.BaseHTTPRequestHandler):
         if self.fail(self.command, self.path, self.headers):
             _DenyAll._denied(self)  # type: ignore[arg-type]  # the body was read above
             return
-        conn = http.client.HTTPConnection(self.target, timeout=60)
-        conn.request(self.command, self.path, body=body, headers=dict(self.headers))
-        resp = conn.getresponse()
-        data = resp.read()
-        self.send_response(resp.status)
-        for name, value in resp.getheaders():
-            if name.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
-                self.send_header(name, value)
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-        conn.close()
+        relay(self, self.target, body)
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
 

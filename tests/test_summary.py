@@ -121,11 +121,13 @@ def test_check_mode_says_nothing_changed() -> None:
 
 def test_teardown_summary_counts_what_went_and_what_it_saves() -> None:
     lines = teardown_summary({"check_mode": False, "deployment": DEPLOYMENT, "price_per_gb_month": 0.3,
-                              "s3": {"deleted": 4, "bytes": 4000},
+                              "s3": {"deleted": 4, "bytes": 4000,
+                                     "multipart": {"uploads": 2, "parts": 5, "bytes": 26214400}},
                               "efs": {"bytes_freed": 3 * 10**9, "pruned": [{"release_id": "r0"}],
                                       "removed": [{"path": "data/reefguide/old"}]}})
     assert lines == [
         "Transfer bucket: 4 objects, 4000 bytes deleted",
+        "Incomplete multipart uploads (billed, invisible in listings): 2, 5 parts, 26214400 bytes aborted",
         "EFS: 3000000000 bytes freed (2.79 GiB, about $0.90 a month saved at $0.30/GB-month); releases pruned: "
         "['r0']; paths removed: ['data/reefguide/old']",
         "Instance i-0abc: stopped (never terminated)",
@@ -136,6 +138,7 @@ def test_teardown_check_without_the_instance_says_efs_was_not_inspected() -> Non
     lines = teardown_summary({"check_mode": True, "deployment": DEPLOYMENT, "s3": {}, "efs": None})
     assert lines[0].startswith("CHECK MODE")
     assert "EFS: not inspected (a check run does not start the stopped instance)" in lines
+    assert "Incomplete multipart uploads (billed, invisible in listings): 0, 0 parts, 0 bytes to abort" in lines
     assert lines[-1] == "Instance i-0abc: would be stopped (never terminated)"
 
 

@@ -20,6 +20,7 @@ class Progress:
         self.direction = direction
         self.lock = threading.Lock()
         self.phase = "scanning"
+        self.interrupted: Optional[str] = None  # the signal that stopped the run
         self.files_total = self.bytes_total = 0
         self.files_done = self.bytes_done = 0
         self.started = time.time()
@@ -54,6 +55,8 @@ class Progress:
                 bytes_total=total,
                 bytes_done=done,
             )
+            if self.interrupted:
+                doc["interrupted"] = self.interrupted
         rate = done / elapsed if elapsed > 0 else 0.0
         doc.update(
             elapsed_seconds=round(elapsed, 3),

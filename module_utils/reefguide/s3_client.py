@@ -25,16 +25,19 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 from urllib.parse import quote, unquote_plus, urlsplit
 from urllib.request import getproxies, proxy_bypass
 from xml.sax.saxutils import escape as xml_escape
 
+from ansible.module_utils.reefguide.interrupt import Interrupted
 from ansible.module_utils.reefguide.s3_errors import RETRY_CODES, RetryBudget, S3Error, TransientError
 from ansible.module_utils.reefguide.sync_common import LocalFileError, SyncError, thread_buffer
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
+CLEANUP_ATTEMPTS = 2  # per request, once interrupted: the clean-up must end in seconds
 
 
 @dataclass
@@ -101,6 +104,10 @@ class S3Client:
         self.stats_lock = threading.Lock()
         self.requests: dict[str, int] = {}
         self.retries = 0
+        # Set by cancel(): no new request starts, except in a cleanup() block.
+        self.cancelled = ""
+        self._cancel_event = threading.Event()  # wakes the retries' back-off sleeps
+        self._conns: set[http.client.HTTPConnection] = set()
         self._set_endpoint(region or "us-east-1")
 
     # -- endpoint and connections
@@ -159,13 +166,52 @@ class S3Client:
             conn = self._new_connection()
             self._local.conn = conn
             self._local.generation = self._generation
+            with self.stats_lock:
+                self._conns.add(conn)
         return conn
 
     def drop_connection(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
+            with self.stats_lock:
+                self._conns.discard(conn)
         self._local.conn = None
+
+    # -- interruption
+
+    def cancel(self, signame: str) -> None:
+        """From the interrupted main thread: no request starts any more, and
+        the ones in flight are cut (their sockets shut down, which wakes the
+        worker blocked on them with an error that is then not retried)."""
+        self.cancelled = signame
+        self._cancel_event.set()
+        with self.stats_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed by its worker
+
+    @contextmanager
+    def cleanup(self) -> Iterator[None]:
+        """Requests this thread makes in the block run even after cancel()
+        (aborting multipart uploads), with at most CLEANUP_ATTEMPTS attempts."""
+        self._local.cleanup = True
+        try:
+            yield
+        finally:
+            self._local.cleanup = False
+
+    def _check_cancelled(self) -> None:
+        if self.cancelled and not getattr(self._local, "cleanup", False):
+            raise Interrupted(self.cancelled)
+
+    def _attempts(self) -> int:
+        return min(self.max_attempts, CLEANUP_ATTEMPTS) if self.cancelled else self.max_attempts
 
     def close(self) -> None:
         self.drop_connection()
@@ -244,7 +290,9 @@ class S3Client:
     ) -> Any:
         """One attempt. Returns a Response, or the open HTTPResponse when
         stream=True and the status is 2xx (the caller reads it to the end).
-        Raises S3Error for an error response, TransientError for network trouble."""
+        Raises S3Error for an error response, TransientError for network trouble,
+        Interrupted once the run is cancelled."""
+        self._check_cancelled()
         self._count(op)
         path = self.path_for(key)
         qs = canonical_query(query)
@@ -364,13 +412,14 @@ class S3Client:
                 self.budget.refund()
                 return result
             except (TransientError, S3Error) as exc:
+                self._check_cancelled()  # a cut request is not retried
                 if self._follow_region(exc):
                     continue
-                if not self.retriable(exc) or attempt >= self.max_attempts or not self.budget.take():
+                if not self.retriable(exc) or attempt >= self._attempts() or not self.budget.take():
                     raise
                 with self.stats_lock:
                     self.retries += 1
-                time.sleep(random.uniform(0, min(20.0, 0.1 * (2**attempt))))
+                self._cancel_event.wait(random.uniform(0, min(20.0, 0.1 * (2**attempt))))
 
     def _follow_region(self, exc: BaseException) -> bool:
         if self.custom_endpoint or not isinstance(exc, S3Error) or exc.status not in (301, 400):
@@ -408,6 +457,16 @@ class S3Client:
             token = root.findtext("NextContinuationToken")
             if (root.findtext("IsTruncated") or "").lower() != "true" or not token:
                 return
+
+    def uploads_of(self, key: str) -> list[tuple[str, str]]:
+        """(upload id, Initiated text) of the incomplete multipart uploads of
+        exactly this key (its first 1,000: one key has a handful at most)."""
+        root = parse_xml(self.call("ListMultipartUploads", "GET", None, query={"uploads": "", "prefix": key}).data)
+        return [
+            (item.findtext("UploadId") or "", item.findtext("Initiated") or "")
+            for item in root.iter("Upload")
+            if item.findtext("Key") == key
+        ]
 
     def get_small(self, key: str) -> Optional[bytes]:
         """A whole (small) object, None if it does not exist."""

@@ -21,6 +21,7 @@ from ansible.module_utils.reefguide.checksums import (
     local_sha256,
 )
 from ansible.module_utils.reefguide.credentials import environment_credentials
+from ansible.module_utils.reefguide.interrupt import Interrupted, as_interrupted, signals_interrupt
 from ansible.module_utils.reefguide.local_tree import LocalFile, Matcher
 from ansible.module_utils.reefguide.manifest import RemoteObject, RemoteState, read_remote
 from ansible.module_utils.reefguide.paths import human_bytes
@@ -52,6 +53,10 @@ class Sync(PushSync, PullSync):
         self.deleted = self.dirs_created = self.dirs_removed = self.temporaries_removed = 0
         self.hashed_files = self.hashed_bytes = 0
         self.multipart_files = 0
+        self.open_uploads: dict[str, str] = {}  # upload id -> key, until completed or aborted
+        self.creating: set[str] = set()  # keys whose CreateMultipartUpload got no answer yet
+        self.uploads_aborted = 0
+        self.interrupted: Optional[str] = None  # the signal's name
         self.manifest_written = False
         self.plan = Plan()
         self.credentials = credentials
@@ -168,7 +173,7 @@ class Sync(PushSync, PullSync):
         result = [known_verdict(lf, obj, self._cached) for lf, obj in pairs]
         slow = [i for i, verdict in enumerate(result) if verdict is None]
         if slow:
-            runner = Runner(self.opts.concurrency)
+            runner = Runner(self.opts.concurrency, self.client)
 
             def decide(i: int) -> None:
                 if runner.failed:
@@ -180,17 +185,19 @@ class Sync(PushSync, PullSync):
                 if remote == sha and self.cache:
                     self.cache.store(lf.rel, file_key(lf), sha, obj.etag, time.time_ns())
 
-            try:
+            with runner:
                 for i in slow:
                     runner.submit(decide, i)
                 runner.wait()
-            finally:
-                runner.shutdown()
         return [bool(r) for r in result]
 
     # -- entry point
 
     def run(self) -> dict[str, Any]:
+        with signals_interrupt():
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         try:
             self.client = self._client()
             self._open_cache()
@@ -201,12 +208,29 @@ class Sync(PushSync, PullSync):
                 self._pull()
             self.progress.close("done")
             return self.result()
+        except (Interrupted, KeyboardInterrupt) as exc:
+            raise self._interrupted(as_interrupted(exc)) from None
         except BaseException:
             self.progress.close("failed")
             raise
         finally:
             self.save_cache()
             self._release()
+
+    def _interrupted(self, exc: Interrupted) -> Interrupted:
+        """What the user reads after a signal; the progress file says it too."""
+        self.interrupted = exc.signame
+        self.progress.interrupted = exc.signame
+        self.progress.close("interrupted")
+        what = ["queued transfers cancelled, requests in flight cut"]
+        if self.opts.direction == "push":
+            what.append("%d multipart uploads aborted" % self.uploads_aborted)
+            if self.open_uploads:
+                what.append("%d could not be (teardown.yml aborts them)" % len(self.open_uploads))
+        else:
+            what.append("no partial file under a final name (temporaries removed)")
+        return Interrupted(exc.signame, "%s; %d files (%s) had been transferred; run again to resume" % (
+            ", ".join(what), self.transferred_files, human_bytes(self.transferred_bytes)))
 
     def _scan_both(self, scan: Callable[[], Any]) -> tuple[Any, RemoteState]:
         """The local scan and the remote listing overlap (disk vs network)."""
@@ -276,6 +300,8 @@ class Sync(PushSync, PullSync):
             "dirs_removed": self.dirs_removed,
             "temporaries_removed": self.temporaries_removed,
             "multipart_files": self.multipart_files,
+            "multipart_aborted": self.uploads_aborted,
+            "interrupted": self.interrupted,
             "hashed": {"files": self.hashed_files, "bytes": self.hashed_bytes},
             # what the comparison read from the local side (EFS, for a stage's pull)
             "local_read": {"files": self.hashed_files, "hashed_bytes": self.hashed_bytes,

@@ -9,6 +9,7 @@ import sys
 from typing import Optional
 
 from ansible.module_utils.reefguide.aws import describe_error
+from ansible.module_utils.reefguide.interrupt import Interrupted
 from ansible.module_utils.reefguide.paths import UnsafePathError
 from ansible.module_utils.reefguide.sync import Sync, summary
 from ansible.module_utils.reefguide.sync_common import DEFAULT_CONCURRENCY, SyncError, parse_size
@@ -72,6 +73,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             max_attempts=args.max_attempts,
         )
         result = Sync(opts).run()
+    except Interrupted as exc:
+        print("reefguide-sync: %s" % exc, file=sys.stderr)
+        return exc.exit_status
     except (SyncError, UnsafePathError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1

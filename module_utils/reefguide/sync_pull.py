@@ -73,13 +73,10 @@ class PullSync:
         self.progress.files_total = len(downloads)
         self.progress.bytes_total = sum(o.size for o in downloads)
         self.progress.set_phase("transferring")
-        runner = Runner(self.opts.concurrency)
-        try:
+        with Runner(self.opts.concurrency, self.client) as runner:
             for obj in downloads:
                 runner.submit(self._download, obj, runner)
             runner.wait()
-        finally:
-            runner.shutdown()
 
     def _local_path(self, rel: str) -> str:
         return os.path.join(self.root, *rel.split("/"))

@@ -24,6 +24,9 @@ from ansible.module_utils.reefguide.sync_common import (
 from ansible.module_utils.reefguide.sync_plan import plan_push
 from ansible.module_utils.reefguide.transfers import MultipartUpload, Runner, part_ranges
 
+# S3's clock against ours, when telling the uploads this run started from older ones.
+UPLOAD_CLOCK_SKEW = 300
+
 
 class PushSync:
     """The push half of Sync (a mixin: the state it uses is set up by Sync)."""
@@ -41,16 +44,16 @@ class PushSync:
         self.progress.bytes_total = sum(lf.size for lf in uploads)
         self.progress.set_phase("transferring")
         uploaded: dict[str, tuple[str, str, int, int]] = {}  # rel -> sha, etag, size, mtime_ns
-        runner = Runner(self.opts.concurrency)
         try:
-            for lf in uploads:
-                runner.submit(self._upload, lf, runner, uploaded)
-            runner.wait()
+            with Runner(self.opts.concurrency, self.client) as runner:
+                for lf in uploads:
+                    runner.submit(self._upload, lf, runner, uploaded)
+                runner.wait()
         except BaseException:
+            # the workers have stopped: nothing below races them
+            self._abort_open_uploads()
             self._partial_manifest(remote, uploaded, empty_dirs)
             raise
-        finally:
-            runner.shutdown()
         if plan.delete:
             self.progress.set_phase("deleting")
             self.client.delete_objects([self._key(rel) for rel in plan.delete])
@@ -58,14 +61,57 @@ class PushSync:
         self._write_manifest(remote, uploaded, empty_dirs, final=True)
 
     def _partial_manifest(self, remote: RemoteState, uploaded: dict, empty_dirs: list[str]) -> None:
-        """After a failed push, record what did get uploaded so the re-run
-        does not need a HEAD for it. Best effort: the failure is what counts."""
+        """After a failed (or interrupted) push, record what did get uploaded
+        so the re-run does not need a HEAD for it. Best effort: the failure is
+        what counts."""
         if not uploaded:
             return
         try:
-            self._write_manifest(remote, uploaded, empty_dirs, final=False)
+            with self.client.cleanup():
+                self._write_manifest(remote, uploaded, empty_dirs, final=False)
         except (S3Error, TransientError, SyncError) as exc:
             self.warnings.append("could not update the manifest after the failure: %s" % exc)
+
+    # -- multipart uploads this run started: none is left behind, billed and invisible
+
+    def abort_upload(self, key: str, upload_id: str) -> bool:
+        """Best effort (the failure that led here is what gets reported); the
+        upload stays on the books when it could not be aborted."""
+        try:
+            with self.client.cleanup():
+                self.client.call("AbortMultipartUpload", "DELETE", key, query={"uploadId": upload_id})
+        except (S3Error, TransientError, SyncError):
+            return False
+        self.upload_closed(upload_id)
+        with self.stats_lock:
+            self.uploads_aborted += 1
+        return True
+
+    def upload_closed(self, upload_id: str) -> None:
+        with self.stats_lock:
+            self.open_uploads.pop(upload_id, None)
+
+    def _abort_open_uploads(self) -> None:
+        """After the workers stopped: aborts every upload still open, and those
+        of a CreateMultipartUpload cut before its answer (found by listing
+        that key's uploads started since this run began)."""
+        for upload_id, key in list(self.open_uploads.items()):
+            self.abort_upload(key, upload_id)
+        since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.started - UPLOAD_CLOCK_SKEW))
+        for key in sorted(self.creating):
+            try:
+                with self.client.cleanup():
+                    found = self.client.uploads_of(key)
+            except (S3Error, TransientError, SyncError) as exc:
+                self.warnings.append("could not look for an unfinished upload of %s: %s" % (key, exc))
+                continue
+            for upload_id, initiated in found:
+                if initiated[:19] >= since:
+                    self.abort_upload(key, upload_id)
+        if self.open_uploads:
+            self.warnings.append(
+                "%d multipart uploads could not be aborted: teardown.yml aborts them" % len(self.open_uploads)
+            )
 
     def _put_headers(self, sha: str, mtime_ns: int) -> dict[str, str]:
         headers = {"x-amz-meta-sha256": sha, "x-amz-meta-mtime": mtime_header(mtime_ns)}
@@ -135,12 +181,17 @@ class PushSync:
         fh.close()
         hashed_at = time.time_ns()
         sha = self._sha_for_upload(lf, st)
+        with self.stats_lock:
+            self.creating.add(key)
         resp = self.client.call(
             "CreateMultipartUpload", "POST", key, query={"uploads": ""}, headers=self._put_headers(sha, st.st_mtime_ns)
         )
         upload_id = parse_xml(resp.data).findtext("UploadId")
         if not upload_id:
             raise SyncError("CreateMultipartUpload for %s returned no UploadId" % self.client.url_for(key))
+        with self.stats_lock:
+            self.open_uploads[upload_id] = key
+            self.creating.discard(key)
         ranges = part_ranges(st.st_size, self.opts.part_size)
         job = MultipartUpload(self, lf, key, upload_id, ranges, st, sha, hashed_at, uploaded)
         with self.stats_lock:

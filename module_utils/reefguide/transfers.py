@@ -12,14 +12,19 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from xml.sax.saxutils import escape as xml_escape
 
 from ansible.module_utils.reefguide.checksums import hash_file, stat_key
+from ansible.module_utils.reefguide.interrupt import Interrupted, as_interrupted
 from ansible.module_utils.reefguide.local_tree import LocalFile
 from ansible.module_utils.reefguide.manifest import RemoteObject
-from ansible.module_utils.reefguide.s3_client import FileBody, parse_xml
+from ansible.module_utils.reefguide.s3_client import FileBody, S3Client, parse_xml
 from ansible.module_utils.reefguide.s3_errors import S3Error, TransientError
 from ansible.module_utils.reefguide.sync_common import MAX_PARTS, LocalFileError, is_sha, parse_mtime_header
 
 if TYPE_CHECKING:  # the jobs call back into the Sync that runs them
     from ansible.module_utils.reefguide.sync import Sync
+
+# How long an interrupted run waits for its workers: queued tasks return at
+# once and cut requests fail at once, so this only bounds a worker stuck on disk.
+DRAIN_SECONDS = 5.0
 
 
 class Runner:
@@ -27,10 +32,15 @@ class Runner:
     file); wait() returns when all are done and raises the first failure.
     Every task runs even after a failure: tasks check `failed` and return
     early themselves, so part tasks can still do their bookkeeping (abort
-    the upload, remove the temporary)."""
+    the upload, remove the temporary).
 
-    def __init__(self, concurrency: int):
+    Used as a context manager: leaving the block waits for every task; left
+    by an interruption, it first cancels: queued tasks return at once, the
+    client cuts the requests in flight, and the wait is bounded."""
+
+    def __init__(self, concurrency: int, client: Optional[S3Client] = None):
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="s3sync")
+        self.client = client
         self.cond = threading.Condition()
         self.pending = 0
         self.errors: list[BaseException] = []
@@ -56,15 +66,33 @@ class Runner:
                 if self.pending == 0:
                     self.cond.notify_all()
 
-    def wait(self) -> None:
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Until no task is pending (True), or timeout seconds (False)."""
         with self.cond:
-            while self.pending:
-                self.cond.wait()
-        if self.errors:
+            if not self.cond.wait_for(lambda: not self.pending, timeout):
+                return False
+        if self.errors and timeout is None:
             raise self.errors[0]
+        return True
 
-    def shutdown(self) -> None:
-        self.pool.shutdown(wait=True)
+    def cancel(self, exc: Interrupted) -> bool:
+        """Stops the work after an interruption; True once no task runs."""
+        with self.cond:
+            self.errors.insert(0, exc)
+        if self.client is not None:
+            self.client.cancel(exc.signame)
+        drained = self.wait(DRAIN_SECONDS)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        return drained
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+        if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+            self.cancel(as_interrupted(exc))
+        else:
+            self.pool.shutdown(wait=True)
 
 
 def part_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
@@ -183,13 +211,11 @@ class MultipartUpload:
         except BaseException:
             self._abort()
             raise
+        self.sync.upload_closed(self.upload_id)
         self.sync.record_upload(self.lf, stat_key(self.st), self.sha, etag, self.uploaded, self.hashed_at)
 
     def _abort(self) -> None:
-        try:
-            self.sync.client.call("AbortMultipartUpload", "DELETE", self.key, query={"uploadId": self.upload_id})
-        except (S3Error, TransientError):
-            pass  # best effort; the original failure is what gets reported
+        self.sync.abort_upload(self.key, self.upload_id)
 
 
 class RangedDownload:
