@@ -1,7 +1,7 @@
 """What a stage reads from EFS (issue 9), in a lab of its own: a fresh one-file stage, then a
 2,000-file tree staged fresh and again after one file changed (same size, so only a SHA-256 tells
 it apart). For each: bytes and files read from EFS (the lab's count, lab/reefguide_lab/efs_reads.py),
-SSM sessions (labd) and wall time.
+SSM sessions and module transfers (labd) and wall time.
 
     .venv/bin/python bench/efs_reads.py [--work DIR] [--files 2000] [--size 65536]
 
@@ -60,10 +60,11 @@ def main() -> int:
             dest = "data/reefguide/bench/%s" % name
             r = stage_once(lab, src, dest, work / "logs" / ("%s-%s.log" % (name, leg.replace(" ", "-"))))
             r["error"] = verify(lab, src, dest) if r["ok"] else "exit %d" % r["rc"]
-            results["%s/%s" % (name, leg)] = {k: r[k] for k in ("seconds", "ssm_sessions", "efs_read", "error")}
-            print("%-9s %-15s %7.2f s  %d SSM sessions  %6d files / %10d bytes read from EFS%s" % (
-                name, leg, r["seconds"], r["ssm_sessions"], r["efs_read"]["files"], r["efs_read"]["bytes"],
-                "  FAILED: %s" % r["error"] if r["error"] else ""), flush=True)
+            results["%s/%s" % (name, leg)] = {k: r[k] for k in ("seconds", "ssm_sessions", "module_transfers",
+                                                                 "efs_read", "error")}
+            print("%-9s %-15s %7.2f s  %d SSM sessions  %2d module transfers  %6d files / %10d bytes read from EFS%s"
+                  % (name, leg, r["seconds"], r["ssm_sessions"], r["module_transfers"], r["efs_read"]["files"],
+                     r["efs_read"]["bytes"], "  FAILED: %s" % r["error"] if r["error"] else ""), flush=True)
     (work / "efs-reads.json").write_text(json.dumps(results, indent=2))
     print("results: %s" % (work / "efs-reads.json"))
     return 0 if all(r["error"] is None for r in results.values()) else 1

@@ -60,6 +60,10 @@ class StageLab:
     def sessions(self) -> int:
         return sum(json.loads(self.ctl("status"))["sessions_started"].values())
 
+    def module_transfers(self) -> int:
+        """Module files the aws_ssm plugin sent through the bucket so far (counted by the lab)."""
+        return int(json.loads(self.ctl("status")).get("ssm", {}).get("module_transfers_total") or 0)
+
     def efs_reads(self, reset: bool = False) -> dict:
         """The lab's count of EFS reads since its last reset (labctl efs-reads)."""
         return json.loads(self.ctl("efs-reads", *(["--reset"] if reset else [])))
@@ -97,7 +101,7 @@ def summary_of(stdout: str) -> list[str]:
 
 def stage_once(lab: StageLab, src: Path, dest: str, log: Path) -> dict:
     env = dict(lab.env, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1")
-    before = lab.sessions()
+    before, transfers_before = lab.sessions(), lab.module_transfers()
     lab.efs_reads(reset=True)
     argv = [str(LABCTL), "exec", "--", str(VENV_BIN / "ansible-playbook"), "stage_data.yml",
             "-e", "src=%s" % src, "-e", "dest=%s" % dest]
@@ -109,6 +113,7 @@ def stage_once(lab: StageLab, src: Path, dest: str, log: Path) -> dict:
     reads = lab.efs_reads()
     return {"seconds": round(seconds, 2), "ok": out.returncode == 0, "rc": out.returncode,
             "ssm_sessions": lab.sessions() - before, "instance_after": lab.instance_states(),
+            "module_transfers": lab.module_transfers() - transfers_before,
             "efs_read": {"bytes": reads["bytes"], "files": reads["files"]},
             "timeline": parse_timeline(summary), "summary": summary}
 
