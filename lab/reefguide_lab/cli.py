@@ -11,6 +11,7 @@
     labctl boot-delay SECONDS                     how long the SSM agent takes to come Online
     labctl shell [--user U]                       a root (or U) shell inside the running instance
     labctl efs-path [--stack-name N]              the host directory that holds the stack's EFS data
+    labctl workers start|stop|status|read         worker stand-ins mounting EFS as the ECS tasks do (workers.py)
     labctl up --s3-faults RATE [--s3-fault-kinds K,..] [--s3-stall-seconds S] [--s3-fault-seed N]
                                                   the same, with a flaky S3 (faults.py) in front of moto
     labctl faults [--rate R] [--kinds K,..] [...]  show or change the S3 faults and their counters
@@ -36,6 +37,7 @@ import boto3
 
 from . import iam as lab_iam
 from . import instance as inst
+from . import workers as lab_workers
 from .state import (
     DEFAULT_REGION,
     DEFAULT_STACK,
@@ -123,7 +125,7 @@ def deploy(state: dict[str, Any], stack_name: str) -> dict[str, Any]:
     cf.create_stack(StackName=stack_name, TemplateBody=body)
     cf.get_waiter("stack_create_complete").wait(StackName=stack_name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
     resources = cf.describe_stack_resources(StackName=stack_name)["StackResources"]
-    by_type = {r["ResourceType"]: r["PhysicalResourceId"] for r in resources}
+    by_type = {r["ResourceType"]: r.get("PhysicalResourceId") for r in resources}  # moto: none for an access point
     info = {
         "stack_name": stack_name,
         "instance_id": by_type["AWS::EC2::Instance"],
@@ -240,7 +242,7 @@ def lab_processes(state: dict[str, Any]) -> list[int]:
             cmd = Path("/proc/%s/cmdline" % entry).read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "instance_init.py" in cmd and root in cmd:
+        if ("instance_init.py" in cmd or "reefguide_lab.workers" in cmd) and root in cmd:
             pids.append(int(entry))
     return pids
 
@@ -250,6 +252,7 @@ def cmd_down(args: argparse.Namespace) -> None:
     if not state:
         print("lab is not up")
         return
+    lab_workers.stop_all(state)  # the worker stand-ins, before the stack they follow goes
     # labd first: on SIGTERM it halts every instance namespace.
     for key in ("labd_pid", "faults_pid", "moto_pid"):
         pid = state.get(key)
@@ -447,6 +450,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--unlimited", action="store_true", help="no limit on the number of faults")
     p.add_argument("--reset-counters", action="store_true")
     p.set_defaults(func=cmd_faults)
+    lab_workers.add_parser(sub)
     p = sub.add_parser("efs-path")
     p.add_argument("--stack-name")
     p.set_defaults(func=cmd_efs_path)
