@@ -49,6 +49,7 @@ from .state import (
     load,
     pid_alive,
     save,
+    stop_pid,
 )
 
 
@@ -257,12 +258,7 @@ def cmd_down(args: argparse.Namespace) -> None:
     for key in ("labd_pid", "faults_pid", "moto_pid"):
         pid = state.get(key)
         if pid_alive(pid):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.time() + 10
-            while pid_alive(pid) and time.time() < deadline:
-                time.sleep(0.05)
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+            stop_pid(pid)
     leftovers = lab_processes(state)
     for pid in leftovers:
         os.kill(pid, signal.SIGKILL)

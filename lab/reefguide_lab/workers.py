@@ -35,7 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional
 
-from .state import DEFAULT_STACK, LAB_PKG, lab_dir, load, pid_alive, save
+from .state import DEFAULT_STACK, LAB_PKG, lab_dir, load, pid_alive, save, stop_pid
 
 LOOK_SECONDS = 0.02  # how often a stand-in looks at its root and cache/
 STATUS_SECONDS = 0.2  # how often it rewrites its status when nothing went wrong
@@ -308,12 +308,7 @@ def stop_all(state: dict[str, Any]) -> list[int]:
     stopped = []
     for pid in state.get("workers", {}).values():
         if pid_alive(pid):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.time() + 15
-            while pid_alive(pid) and time.time() < deadline:
-                time.sleep(0.05)
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+            stop_pid(pid, timeout=15)
             stopped.append(pid)
     return stopped
 
