@@ -132,6 +132,7 @@ def deploy(state: dict[str, Any], stack_name: str) -> dict[str, Any]:
         "instance_id": by_type["AWS::EC2::Instance"],
         "bucket": by_type["AWS::S3::Bucket"],
         "fs_id": by_type["AWS::EFS::FileSystem"],
+        "cluster": by_type.get("AWS::ECS::Cluster"),  # the worker services' (ecs_workers, iam ${ClusterName})
         "output_key": output_key(stack_name),
     }
     inst.provision_efs(info["fs_id"])
