@@ -288,7 +288,7 @@ class ActionModule(ActionBase):
             self.step("clear_cache", "efs_tidy", {"root": root, "empty": [a["cache"]]})
         changed = any(self.steps.get(s, {}).get("changed") for s in ("pull", "release", "clear_cache"))
         return {"changed": changed, "pull": pull, "release_id": release.get("release_id"),
-                "previous_release_id": release.get("previous_release_id")}
+                "previous_release_id": release.get("previous_release_id"), "swap_method": release.get("swap_method")}
 
     def teardown(self, a: dict[str, Any], root: str, user: str) -> dict[str, Any]:
         prune = self.step("prune", "efs_release", {
@@ -305,7 +305,7 @@ class ActionModule(ActionBase):
             args["release_id"] = a["release_id"]
         res = self.step("rollback", "efs_release", args)
         return {"changed": bool(res.get("changed")), "release_id": res.get("release_id"),
-                "previous_release_id": res.get("previous_release_id")}
+                "previous_release_id": res.get("previous_release_id"), "swap_method": res.get("swap_method")}
 
     def unmount(self, root: str, mounted_here: bool, result: dict[str, Any]) -> None:
         """Leave the mount as it was found."""

@@ -98,6 +98,33 @@ def _release_line(run: dict[str, Any], stage: dict[str, Any], request: dict[str,
                                                                                     request.get("dest"))
 
 
+# What the workers (they mount data/reefguide through an EFS access point) saw, by efs_release's swap_method.
+_SEEN = {
+    "in_place": "%s stayed the directory the workers mount and was updated in place: each file changed in "
+                "one rename (a running worker read the old or the new file, never none), every directory they "
+                "hold was kept, cache/ was there throughout; running workers read the new data without a restart",
+    "two_renames": "%s was swapped as a whole directory in two renames (for one EFS round trip it did not "
+                   "exist); workers open it by path, so their next open reads the new version",
+    "exchange": "%s was swapped as a whole directory in one atomic exchange; workers open it by path, so their "
+                "next open reads the new version",
+    "rename": "%s did not exist before: it appeared whole, in one rename",
+}
+
+
+def workers_summary(release: dict[str, Any], dest: str, restart: Optional[dict[str, Any]] = None) -> list[str]:
+    """What running workers saw during the swap, and the restart if one was asked for."""
+    lines = []
+    seen = _SEEN.get(release.get("swap_method") or "")
+    if seen:
+        lines.append("Workers: " + seen % dest + ".")
+    services = (restart or {}).get("services") or []
+    if services:
+        lines.append("Workers restarted (restart_workers=true): a new ECS deployment of %s; the new tasks mount "
+                     "EFS afresh." % ", ".join("%s (%s)" % (s.get("service"), s.get("deployment") or "?")
+                                             for s in services))
+    return lines
+
+
 def _outcome_line(run: dict[str, Any]) -> str:
     request = run.get("request") or {}
     if run.get("failure"):
@@ -149,6 +176,7 @@ def stage_summary(run: dict[str, Any]) -> list[str]:
         lines += [line for line in (_efs_read_line(pull),) if line]
     if stage.get("release_id"):
         lines.append(_release_line(run, stage, request))
+    lines += workers_summary(stage, request.get("dest") or "", run.get("workers_restart"))
     times = run.get("times") or {}
     lines += [line for line in (_instance_line(times, run.get("power") or {}),) if line]
     lines.append("Timeline (seconds from the start of the run): " + timeline(times))
@@ -188,4 +216,5 @@ def teardown_summary(run: dict[str, Any]) -> list[str]:
 
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"reefguide_stage_summary": stage_summary, "reefguide_teardown_summary": teardown_summary}
+        return {"reefguide_stage_summary": stage_summary, "reefguide_teardown_summary": teardown_summary,
+                "reefguide_workers_summary": workers_summary}

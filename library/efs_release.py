@@ -19,6 +19,17 @@ description:
     does not support that flag, so on a real instance it falls back to two renames on the same
     file system (live -> releases, staged -> live); between them, for the time of one NFS round
     trip, the target path does not exist. C(swap_method) in the result says which was used.
+  - B(In place, for the workers' root.) ReefGuide's workers mount C(data/reefguide) through an EFS
+    access point, and an NFS mount holds that directory itself (its file handle), not its path, so a
+    whole-directory swap would leave running workers on the old directory, without C(cache/), and
+    with stale handles once it is pruned. When the target is C(data/reefguide) or an ancestor
+    of it (O(swap=auto)), the directory stays and its contents are swapped, each entry in one
+    rename. A file is replaced by renaming the new one over it; a directory in both versions is
+    kept (same inode) and updated inside, recursively; a new directory is prepared complete, then
+    renamed in; entries the new version lacks move into the kept release. The previous version is
+    kept as before (a hard-link copy made first), C(cache/) and separately released targets are
+    never moved, so a running worker sees each file old or new, never missing, and never a stale
+    handle. A rollback swaps in place the same way; pruning never touches the live directory.
   - B(Preserved entries.) Entries named in O(preserve) (paths relative to the target) travel from
     the outgoing version into the incoming one just before the swap. When the target is
     C(data/reefguide) (or an ancestor of it) the default is to preserve the workers' C(cache/)
@@ -121,9 +132,10 @@ options:
     description:
       - V(auto) swaps atomically with C(renameat2(RENAME_EXCHANGE)) where the file system supports
         it and falls back to two renames. V(exchange) fails rather than fall back. V(rename) always
-        uses two renames (what happens on EFS).
+        uses two renames (what happens on EFS). V(in_place) swaps the contents and keeps the
+        target directory, which V(auto) does for C(data/reefguide) and its ancestors (see notes).
     type: str
-    choices: [auto, exchange, rename]
+    choices: [auto, exchange, rename, in_place]
     default: auto
   lock_timeout:
     description:
@@ -206,7 +218,8 @@ releases:
   elements: str
 swap_method:
   description: >-
-    C(exchange) (atomic renameat2 swap), C(two_renames) (fallback, e.g. on EFS), C(rename) (the
+    C(exchange) (atomic renameat2 swap), C(two_renames) (fallback, e.g. on EFS), C(in_place) (the
+    target directory kept, its contents swapped entry by entry), C(rename) (the
     target did not exist: one atomic rename), or null when nothing was swapped. In check mode, the
     method that will be tried first.
   returned: always

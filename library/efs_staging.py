@@ -79,40 +79,12 @@ dirs:
 
 import os
 import shutil
-import stat
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.reefguide.fs import clone
 from ansible.module_utils.reefguide.layout import RELEASES_DIR, efs_root_problem
 from ansible.module_utils.reefguide.paths import UnsafePathError, parents_within, safe_join, safe_relpath
 from ansible.module_utils.reefguide.releases_store import nested_release_targets
-
-
-def clone(src: str, dst: str, exclude: set[str], rel: str = "") -> tuple[int, int, int]:
-    """Hard-link copy of src at dst, leaving out the relative paths in
-    exclude; returns (files, bytes, dirs)."""
-    files = size = dirs = 0
-    st = os.lstat(src)
-    os.makedirs(dst)
-    shutil.copystat(src, dst, follow_symlinks=False)
-    os.chown(dst, st.st_uid, st.st_gid)
-    dirs += 1
-    for entry in os.scandir(src):
-        entry_rel = rel + entry.name
-        if entry_rel in exclude:
-            continue
-        s, d = entry.path, os.path.join(dst, entry.name)
-        est = entry.stat(follow_symlinks=False)
-        if stat.S_ISDIR(est.st_mode):
-            f, b, n = clone(s, d, exclude, entry_rel + "/")
-            files, size, dirs = files + f, size + b, dirs + n
-        elif stat.S_ISLNK(est.st_mode):
-            os.symlink(os.readlink(s), d)
-            os.lchown(d, est.st_uid, est.st_gid)
-        elif stat.S_ISREG(est.st_mode):
-            os.link(s, d)
-            files += 1
-            size += est.st_size
-    return files, size, dirs
 
 
 def main() -> None:

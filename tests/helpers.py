@@ -101,3 +101,11 @@ def tree(root: Path | str) -> dict[str, bytes]:
             with open(path, "rb") as fh:
                 out[os.path.relpath(path, root)] = fh.read()
     return out
+
+
+def make_tree(root: Path, files: dict[str, str]) -> Path:
+    """Write files (relative path -> text) below root; root."""
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, run_playbook
+from helpers import make_tree as make
 from lab import Lab, running_lab
 
 INVENTORY = ROOT / "inventory" / "lab.yml"
@@ -22,13 +23,6 @@ NOTHING = "Nothing to do"
 def rlab(tmp_path_factory):
     with running_lab(tmp_path_factory.mktemp("record-lab")) as lab:
         yield lab
-
-
-def make(root: Path, files: dict[str, str]) -> Path:
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    return root
 
 
 def tree(root: Path) -> dict[str, str]:

@@ -12,6 +12,8 @@ from ansible.module_utils.reefguide.release_plan import (
     carry_entries,
     first_overlap,
     free_id,
+    in_place_leaving,
+    in_place_plan,
     is_live_from,
     keep_after_release,
     keep_after_rollback,
@@ -130,3 +132,63 @@ def test_first_overlap_names_the_two_paths() -> None:
     assert first_overlap([("target", "data"), ("releases_dir", ".r"), ("staging", "data/x")]) == (
         "target", "data", "staging", "data/x")
     assert first_overlap([("a", "data/reef"), ("b", "data/reefguide")]) is None
+
+
+# -- the in-place swap of the workers' root ------------------------------------------------
+
+def listing(entries: dict[str, Any]) -> dict[str, tuple]:
+    """{path: inode} for files, {path: 'dir'} (or ('dir', mode)) for directories; '' is added."""
+    out: dict[str, tuple] = {"": ("dir", 1, 0o755, 0, 0)}
+    for path, what in entries.items():
+        if what == "dir":
+            out[path] = ("dir", 0, 0o755, 0, 0)
+        elif isinstance(what, tuple):
+            out[path] = ("dir", 0, what[1], 0, 0)
+        else:
+            out[path] = ("file", what, 0o644, 0, 0)
+    return out
+
+
+def test_in_place_keeps_directories_and_replaces_only_changed_files() -> None:
+    live = listing({"config.toml": 10, "layers": "dir", "layers/depth.tif": 11, "layers/old.tif": 12})
+    new = listing({"config.toml": 20, "layers": "dir", "layers/depth.tif": 11, "layers/slope.tif": 21})
+    ops = in_place_plan(live, new, [])
+    assert ops == [("link_in", "config.toml"), ("move_out", "layers/old.tif"), ("link_in", "layers/slope.tif")]
+    assert in_place_leaving(ops) == ["layers/old.tif"]
+
+
+def test_in_place_never_touches_what_stays_nor_its_parents() -> None:
+    # data/reefguide: the cache and a separately released data package stay; the staged
+    # version has no adria/ at all, yet adria/ and adria/datapackages/ are kept.
+    live = listing({"cache": "dir", "cache/x": 1, "adria": "dir", "adria/datapackages": "dir",
+                    "adria/datapackages/Moore": "dir", "adria/datapackages/Moore/a": 2,
+                    "adria/datapackages/stray.txt": 3, "config.toml": 4})
+    new = listing({"config.toml": 4})
+    ops = in_place_plan(live, new, ["cache", "adria/datapackages/Moore"])
+    assert ops == [("move_out", "adria/datapackages/stray.txt")]
+
+
+def test_in_place_new_directories_arrive_whole_after_what_leaves() -> None:
+    live = listing({"a": 1, "old": "dir", "old/f": 2})
+    new = listing({"a": "dir", "a/f": 3, "new": "dir", "new/deep": "dir", "new/deep/g": 4})
+    ops = in_place_plan(live, new, [])
+    # a changes from a file to a directory: the file leaves, then the directory comes in whole
+    assert ops == [("move_out", "a"), ("move_out", "old"), ("dir_in", "a"), ("dir_in", "new")]
+
+
+def test_in_place_directory_mode_changes_are_applied_to_the_kept_directory() -> None:
+    live = listing({"layers": "dir"})
+    new = listing({"layers": ("dir", 0o750)})
+    assert in_place_plan(live, new, []) == [("meta", "layers")]
+
+
+def test_in_place_refuses_a_file_where_a_kept_parent_must_be() -> None:
+    live = listing({"adria": "dir", "adria/Moore": "dir"})
+    new = listing({"adria": 5})
+    with pytest.raises(ReleaseError, match="must stay a directory"):
+        in_place_plan(live, new, ["adria/Moore"])
+
+
+def test_in_place_of_identical_versions_does_nothing() -> None:
+    tree = listing({"config.toml": 1, "layers": "dir", "layers/a": 2})
+    assert in_place_plan(tree, dict(tree), []) == []

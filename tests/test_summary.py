@@ -143,7 +143,31 @@ def test_teardown_check_without_the_instance_says_efs_was_not_inspected() -> Non
 
 
 def test_the_filters_are_registered_under_their_names() -> None:
-    assert set(FilterModule().filters()) == {"reefguide_stage_summary", "reefguide_teardown_summary"}
+    assert set(FilterModule().filters()) == {"reefguide_stage_summary", "reefguide_teardown_summary",
+                                             "reefguide_workers_summary"}
+
+
+def test_the_summary_says_what_running_workers_saw_and_names_the_restart() -> None:
+    stage = dict(staged_run()["stage"], swap_method="in_place")
+    restart = {"services": [{"service": "adria-worker", "deployment": "ecs-svc/2"},
+                            {"service": "reefguide-worker", "deployment": "ecs-svc/4"}]}
+    lines = stage_summary(staged_run(stage=stage, workers_restart=restart))
+    seen = [line for line in lines if line.startswith("Workers: ")]
+    assert seen == ["Workers: data/reefguide stayed the directory the workers mount and was updated in place: each "
+                    "file changed in one rename (a running worker read the old or the new file, never none), every "
+                    "directory they hold was kept, cache/ was there throughout; running workers read the new data "
+                    "without a restart."]
+    assert ("Workers restarted (restart_workers=true): a new ECS deployment of adria-worker (ecs-svc/2), "
+            "reefguide-worker (ecs-svc/4); the new tasks mount EFS afresh.") in lines
+    # a data package is swapped whole; nothing restarted, nothing said about a restart
+    package = dict(staged_run()["stage"], swap_method="two_renames")
+    lines = stage_summary(staged_run(stage=package, request=dict(REQUEST, dest="data/reefguide/adria/datapackages/M")))
+    assert any("data/reefguide/adria/datapackages/M was swapped as a whole directory in two renames" in line
+               for line in lines)
+    assert not any(line.startswith("Workers restarted") for line in lines)
+    # rollback.yml prints the same lines through the filter
+    rollback = FilterModule().filters()["reefguide_workers_summary"]({"swap_method": "in_place"}, "data/reefguide", {})
+    assert rollback == seen
 
 
 def test_records_that_efs_no_longer_agrees_with_are_named() -> None:

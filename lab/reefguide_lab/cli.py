@@ -12,6 +12,7 @@
     labctl shell [--user U]                       a root (or U) shell inside the running instance
     labctl efs-path [--stack-name N]              the host directory that holds the stack's EFS data
     labctl efs-reads [--reset]                    bytes read from EFS through the instance's mount (json)
+    labctl workers start|stop|status|read         worker stand-ins mounting EFS as the ECS tasks do (workers.py)
     labctl up --s3-faults RATE [--s3-fault-kinds K,..] [--s3-stall-seconds S] [--s3-fault-seed N]
                                                   the same, with a flaky S3 (faults.py) in front of moto
     labctl faults [--rate R] [--kinds K,..] [...]  show or change the S3 faults and their counters
@@ -41,6 +42,7 @@ import boto3
 from . import efs_reads, ssm_limits
 from . import iam as lab_iam
 from . import instance as inst
+from . import workers as lab_workers
 from .state import (
     DEFAULT_REGION,
     DEFAULT_STACK,
@@ -52,6 +54,7 @@ from .state import (
     load,
     pid_alive,
     save,
+    stop_pid,
 )
 
 
@@ -128,12 +131,13 @@ def deploy(state: dict[str, Any], stack_name: str) -> dict[str, Any]:
     cf.create_stack(StackName=stack_name, TemplateBody=body)
     cf.get_waiter("stack_create_complete").wait(StackName=stack_name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
     resources = cf.describe_stack_resources(StackName=stack_name)["StackResources"]
-    by_type = {r["ResourceType"]: r["PhysicalResourceId"] for r in resources}
+    by_type = {r["ResourceType"]: r.get("PhysicalResourceId") for r in resources}  # moto: none for an access point
     info = {
         "stack_name": stack_name,
         "instance_id": by_type["AWS::EC2::Instance"],
         "bucket": by_type["AWS::S3::Bucket"],
         "fs_id": by_type["AWS::EFS::FileSystem"],
+        "cluster": by_type.get("AWS::ECS::Cluster"),  # the worker services' (ecs_workers, iam ${ClusterName})
         "output_key": output_key(stack_name),
     }
     inst.provision_efs(info["fs_id"])
@@ -247,7 +251,7 @@ def lab_processes(state: dict[str, Any]) -> list[int]:
             cmd = Path("/proc/%s/cmdline" % entry).read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "instance_init.py" in cmd and root in cmd:
+        if ("instance_init.py" in cmd or "reefguide_lab.workers" in cmd) and root in cmd:
             pids.append(int(entry))
     return pids
 
@@ -257,16 +261,12 @@ def cmd_down(args: argparse.Namespace) -> None:
     if not state:
         print("lab is not up")
         return
+    lab_workers.stop_all(state)  # the worker stand-ins, before the stack they follow goes
     # labd first: on SIGTERM it halts every instance namespace.
     for key in ("labd_pid", "faults_pid", "moto_pid"):
         pid = state.get(key)
         if pid_alive(pid):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.time() + 10
-            while pid_alive(pid) and time.time() < deadline:
-                time.sleep(0.05)
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+            stop_pid(pid)
     leftovers = lab_processes(state)
     for pid in leftovers:
         os.kill(pid, signal.SIGKILL)
@@ -458,6 +458,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reset-counters", action="store_true")
     p.set_defaults(func=cmd_faults)
     ssm_limits.add_command(sub, require_up)
+    lab_workers.add_parser(sub)
     p = sub.add_parser("efs-path")
     p.add_argument("--stack-name")
     p.set_defaults(func=cmd_efs_path)

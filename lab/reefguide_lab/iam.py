@@ -60,7 +60,8 @@ def render(text: str, values: dict[str, str]) -> str:
 
 def stack_values(info: dict[str, Any], region: str, account: str) -> dict[str, str]:
     return {"Region": region, "Account": account, "StackName": info["stack_name"],
-            "InstanceId": info["instance_id"], "BucketName": info["bucket"], "FileSystemId": info["fs_id"]}
+            "InstanceId": info["instance_id"], "BucketName": info["bucket"], "FileSystemId": info["fs_id"],
+            "ClusterName": info.get("cluster") or ""}
 
 
 def load_policy(name: str, values: dict[str, str], policy_dir: Path = POLICY_DIR) -> dict[str, Any]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,16 @@ def pid_alive(pid: int | None) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def stop_pid(pid: int, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it is still alive after timeout seconds."""
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + timeout
+    while pid_alive(pid) and time.time() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
 
 
 def lab_env(state: dict[str, Any]) -> dict[str, str]:

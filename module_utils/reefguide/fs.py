@@ -18,6 +18,11 @@ RENAME_EXCHANGE = 2
 AT_FDCWD = -100
 
 
+def rel_join(base: str, rel: str) -> str:
+    """base joined with a '/'-separated relative path ('' is base itself)."""
+    return os.path.join(base, *rel.split("/")) if rel else base
+
+
 def is_real_dir(path: str) -> bool:
     """A directory that is not a symlink."""
     try:
@@ -182,3 +187,54 @@ def rename_exchange(a: str, b: str) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
         return False
     raise OSError(err, os.strerror(err), a)
+
+
+def clone(src: str, dst: str, exclude: set[str], rel: str = "") -> tuple[int, int, int]:
+    """Hard-link copy of src at dst, leaving out the relative paths in
+    exclude; returns (files, bytes, dirs)."""
+    files = size = dirs = 0
+    st = os.lstat(src)
+    os.makedirs(dst)
+    shutil.copystat(src, dst, follow_symlinks=False)
+    os.chown(dst, st.st_uid, st.st_gid)
+    dirs += 1
+    for entry in os.scandir(src):
+        entry_rel = rel + entry.name
+        if entry_rel in exclude:
+            continue
+        s, d = entry.path, os.path.join(dst, entry.name)
+        est = entry.stat(follow_symlinks=False)
+        if stat.S_ISDIR(est.st_mode):
+            f, b, n = clone(s, d, exclude, entry_rel + "/")
+            files, size, dirs = files + f, size + b, dirs + n
+        elif stat.S_ISLNK(est.st_mode):
+            os.symlink(os.readlink(s), d)
+            os.lchown(d, est.st_uid, est.st_gid)
+        elif stat.S_ISREG(est.st_mode):
+            os.link(s, d)
+            files += 1
+            size += est.st_size
+    return files, size, dirs
+
+
+def tree_entries(top: str, skip: Iterable[str] = ()) -> dict[str, tuple]:
+    """Every entry below top (and top itself, as ''), by relative path:
+    (kind, inode, mode, uid, gid), kind 'dir' for a real directory and
+    'file' for anything else. Entries in skip (relative paths) and what
+    they hold are left out."""
+    skipped = set(skip)
+    st = os.lstat(top)
+    out = {"": ("dir", st.st_ino, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)}
+    pending = [("", top)]
+    while pending:
+        rel, path = pending.pop()
+        for entry in os.scandir(path):
+            entry_rel = rel + "/" + entry.name if rel else entry.name
+            if entry_rel in skipped:
+                continue
+            est = entry.stat(follow_symlinks=False)
+            kind = "dir" if stat.S_ISDIR(est.st_mode) else "file"
+            out[entry_rel] = (kind, est.st_ino, stat.S_IMODE(est.st_mode), est.st_uid, est.st_gid)
+            if kind == "dir":
+                pending.append((entry_rel, entry.path))
+    return out

@@ -34,6 +34,12 @@ def cache_inside(target_rel: str) -> Optional[str]:
     return None
 
 
+def holds_workers_root(target_rel: str) -> bool:
+    """The workers mount data/reefguide through an access point: an NFS mount holds that
+    directory itself, not its path. A release of it (or of an ancestor) must keep it."""
+    return target_rel == WORKERS_ROOT or WORKERS_ROOT.startswith(target_rel + "/")
+
+
 def default_preserve(target_rel: str) -> list[str]:
     """What a release of target_rel carries over unless told otherwise: the cache, if inside."""
     cache = cache_inside(target_rel)

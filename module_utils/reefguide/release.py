@@ -311,7 +311,7 @@ EFS_RELEASE_ARGS: dict[str, Any] = dict(
     preserve_mode=dict(type="str", choices=["move", "fresh"], default="move"),
     owner=dict(type="str"),
     group=dict(type="str"),
-    swap=dict(type="str", choices=["auto", "exchange", "rename"], default="auto"),
+    swap=dict(type="str", choices=["auto", "exchange", "rename", "in_place"], default="auto"),
     lock_timeout=dict(type="int", default=600),
 )
 EFS_RELEASE_REQUIRED_IF = [("state", "released", ("target", "staging")), ("state", "rolled_back", ("target",))]

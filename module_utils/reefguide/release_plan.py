@@ -131,3 +131,76 @@ def recovery_step(target_ino: Optional[int], incoming_ino: Optional[int], retire
     if (old is not None and target_ino == old) or (old is None and target_ino is None):
         return "undo"
     return "stuck"
+
+
+# -- the in-place swap: the workers' root stays, its contents are swapped -------------------
+#
+# A listing maps a path relative to the version's top ('' is the top) to (kind, inode, mode,
+# uid, gid); kind is 'dir' for a real directory, 'file' for anything else (a file, a symlink).
+
+
+def _children(listing: dict[str, tuple]) -> dict[str, list[str]]:
+    kids: dict[str, list[str]] = {}
+    for rel in listing:
+        if rel:
+            kids.setdefault(rel.rpartition("/")[0], []).append(rel)
+    return kids
+
+
+def _ancestors(paths: list[str]) -> set[str]:
+    out = set()
+    for path in paths:
+        parts = path.split("/")
+        out.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    return out
+
+
+def in_place_plan(live: dict[str, tuple], incoming: dict[str, tuple], stays: list[str]) -> list[tuple[str, str]]:
+    """The steps that turn the live tree into the incoming one while its
+    directories stay, each step one rename (or a mode/owner change):
+    ('meta', p) the kept directory p takes incoming's mode and owner;
+    ('move_out', p) p, which incoming lacks, goes to the kept release;
+    ('link_in', p) incoming's file replaces (or adds) p by rename;
+    ('dir_in', p) incoming's directory p, absent from live, is copied
+    complete, then renamed in. Directories in both are kept and updated
+    inside; a file that is the same inode in both is left alone. stays:
+    entries left as they are (the cache, separately released targets);
+    their parents are kept even where incoming lacks them. Parents first,
+    and within a directory entries leave before new ones come."""
+    stay, keep_dirs = set(stays), _ancestors(stays)
+    live_kids, in_kids = _children(live), _children(incoming)
+    ops: list[tuple[str, str]] = []
+
+    def kept_dir(rel: str) -> None:
+        if rel in incoming and incoming[rel][2:] != live[rel][2:]:
+            ops.append(("meta", rel))
+        names = sorted((set(live_kids.get(rel, [])) | set(in_kids.get(rel, []))) - stay)
+        arriving = []
+        for path in names:
+            old, new = live.get(path), incoming.get(path)
+            if path in keep_dirs:
+                if (old and old[0] != "dir") or (new and new[0] != "dir"):
+                    raise ReleaseError("%s holds a separately released target or the cache, so it must stay a "
+                                       "directory in both versions" % path)
+                kept_dir(path)
+            elif new is None:
+                ops.append(("move_out", path))
+            elif old is None:
+                arriving.append(path)
+            elif old[0] == "dir" and new[0] == "dir":
+                kept_dir(path)
+            elif old[0] == "dir" or new[0] == "dir":
+                ops.append(("move_out", path))
+                arriving.append(path)
+            elif old[1] != new[1]:
+                ops.append(("link_in", path))
+        ops.extend(("dir_in" if incoming[p][0] == "dir" else "link_in", p) for p in arriving)
+
+    kept_dir("")
+    return ops
+
+
+def in_place_leaving(ops: list[tuple[str, str]]) -> list[str]:
+    """The live entries that leave whole (moved into the kept release), so
+    the kept release's hard-link copy leaves them out."""
+    return [path for step, path in ops if step == "move_out"]

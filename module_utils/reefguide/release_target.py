@@ -14,11 +14,14 @@ from ansible.module_utils.reefguide.fs import (
     is_real_dir,
     make_dirs,
     nearest_existing,
+    rel_join,
+    remove_tree,
     rename_exchange,
     tree_size,
 )
-from ansible.module_utils.reefguide.layout import cache_inside, default_preserve, target_key
+from ansible.module_utils.reefguide.layout import cache_inside, default_preserve, holds_workers_root, target_key
 from ansible.module_utils.reefguide.paths import parents_within, safe_relpath
+from ansible.module_utils.reefguide.release_in_place import IN_PLACE_TMP, swap_contents
 from ansible.module_utils.reefguide.release_plan import (
     REFUSED_NESTED,
     REFUSED_PRESERVED,
@@ -39,10 +42,6 @@ from ansible.module_utils.reefguide.releases_store import (
     utc_now,
 )
 from ansible.module_utils.reefguide.users import UnknownUserError, resolve_ids
-
-
-def rel_join(base: str, rel: str) -> str:
-    return os.path.join(base, *rel.split("/"))
 
 
 class ReleaseTarget:
@@ -69,6 +68,8 @@ class ReleaseTarget:
             preserve = default_preserve(target_rel)
         self.preserve = [safe_relpath(e, "preserve entry") for e in preserve]
         self.cache_rel = cache_inside(target_rel)
+        # The workers hold their root by handle: keep the directory, swap what it holds.
+        self.in_place = self.p["swap"] == "in_place" or (self.p["swap"] == "auto" and holds_workers_root(target_rel))
         try:
             self.uid, self.gid = resolve_ids(self.p["owner"], self.p["group"])
         except UnknownUserError as exc:
@@ -151,12 +152,14 @@ class ReleaseTarget:
         pend = self.history["pending"]
         incoming = rel_join(self.root, pend["incoming_path"])
         retire = os.path.join(self.key_dir, pend["outgoing_id"]) if pend.get("outgoing_id") else None
-        step = recovery_step(ino(self.target), ino(incoming), ino(retire) if retire else None,
-                             pend["incoming_ino"], pend.get("outgoing_ino"))
         self.result["changed"] = True
         if self.check:
             return "an interrupted %s of %s would be repaired first (check mode plans nothing further)" % (
                 pend["op"], pend["incoming_id"])
+        if pend.get("in_place"):
+            return self.recover_in_place(pend, incoming, retire)
+        step = recovery_step(ino(self.target), ino(incoming), ino(retire) if retire else None,
+                             pend["incoming_ino"], pend.get("outgoing_ino"))
         if step == "stuck":
             raise ReleaseError(
                 "an interrupted %s of %s left %s, %s and %s in a state this module cannot repair; check them by "
@@ -172,6 +175,18 @@ class ReleaseTarget:
             os.rename(incoming, self.target)
         self.finish(pend)
         return "completed the interrupted %s of %s" % (pend["op"], pend["incoming_id"])
+
+    def recover_in_place(self, pend: dict[str, Any], incoming: str, retire: str) -> str:
+        """Before the kept copy was complete nothing live had changed: drop
+        the copy. After it, the target may be partly updated: every step
+        is idempotent against incoming, which is intact until the end."""
+        if pend.get("phase") != "apply":
+            remove_tree(self.root, retire)
+            self.undo(pend, incoming)
+            return "undid the interrupted %s of %s (nothing had been swapped)" % (pend["op"], pend["incoming_id"])
+        self.finish_in_place(incoming, retire, pend["stays"], None)
+        self.finish(pend)
+        return "completed the interrupted %s of %s (in place)" % (pend["op"], pend["incoming_id"])
 
     def undo(self, pend: dict[str, Any], incoming: str) -> None:
         """Put back the entries already carried into incoming; drop the journal."""
@@ -193,6 +208,7 @@ class ReleaseTarget:
 
     def journal(self, op: str, incoming: str, in_id: str, retired: Optional[dict[str, Any]],
                 live_after: dict[str, Any], moved: list[str]) -> dict[str, Any]:
+        in_place = self.swaps_in_place()
         pend = {
             "op": op,
             "incoming_id": in_id,
@@ -201,10 +217,12 @@ class ReleaseTarget:
             "outgoing_id": retired["release_id"] if retired else None,
             "outgoing_ino": ino(self.target),
             "retired": retired,
-            "live_after": dict(live_after, ino=ino(incoming)),
-            "moved": moved,
+            "live_after": dict(live_after, ino=ino(self.target if in_place else incoming)),
+            "moved": [] if in_place else moved,
             "started_at": utc_now(),
         }
+        if in_place:  # the carried entries stay where they are; phase: 'copy', then 'apply'
+            pend.update(in_place=True, phase="copy", stays=moved)
         self.history["pending"] = pend
         save_history(self.key_dir, self.history)
         return pend
@@ -306,8 +324,11 @@ class ReleaseTarget:
                 "staged version or leave it out of preserve" % (incoming, entry, src))
 
     def do_carry(self, steps: list[dict[str, Any]], incoming: str) -> None:
+        in_place = self.swaps_in_place()
         for step in steps:
             src, dst = step["_src"], step["_dst"]
+            if step["action"] == "moved" and in_place:
+                continue  # it stays in the live directory, untouched
             if step["action"] == "moved":
                 if step["_dst_state"] == "empty_dir":
                     os.rmdir(dst)
@@ -347,7 +368,14 @@ class ReleaseTarget:
                         os.lchown(path, uid, gid)
         return count
 
+    def swaps_in_place(self) -> bool:
+        return self.in_place and is_real_dir(self.target)
+
     def swap(self, incoming: str, retire_to: Optional[str]) -> str:
+        pend = self.history["pending"]
+        if pend.get("in_place"):
+            self.finish_in_place(incoming, retire_to, pend["stays"], lambda: self.save_phase(pend, "apply"))
+            return "in_place"
         if not os.path.lexists(self.target):
             self.make_dirs(os.path.dirname(self.target))
             os.rename(incoming, self.target)
@@ -363,9 +391,20 @@ class ReleaseTarget:
         os.rename(incoming, self.target)
         return "two_renames"
 
+    def finish_in_place(self, incoming: str, retire_to: str, stays: list[str], copied: Any) -> None:
+        """Swap the target's contents, then drop incoming (its files now live in the target)."""
+        swap_contents(self.target, incoming, retire_to, os.path.join(self.key_dir, IN_PLACE_TMP), stays, copied)
+        remove_tree(self.root, incoming)
+
+    def save_phase(self, pend: dict[str, Any], phase: str) -> None:
+        pend["phase"] = phase
+        save_history(self.key_dir, self.history)
+
     def predicted_swap(self) -> str:
         if not os.path.lexists(self.target):
             return "rename"
+        if self.swaps_in_place():
+            return "in_place"
         return "two_renames" if self.p["swap"] == "rename" else "exchange"
 
     # -- reporting -----------------------------------------------------------
