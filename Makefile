@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 LABCTL := lab/labctl
 
-.PHONY: setup demo test lint bench lab-up lab-down lab-status
+.PHONY: setup demo test test-quick lint bench lab-up lab-down lab-status
 
 setup:
 	@scripts/setup.sh
@@ -13,9 +13,13 @@ demo: setup
 	@$(LABCTL) up
 	@$(LABCTL) exec -- $(VENV)/ansible-playbook playbooks/demo.yml
 
-## test: the whole test suite against fresh labs (what CI runs)
+## test: the whole test suite against fresh labs (what CI runs); budget 15 min on 2 cores
 test: setup
 	@scripts/test.sh
+
+## test-quick: linters and every test that needs no lab (the loop after each edit); budget 90 s
+test-quick: setup
+	@scripts/test.sh --quick
 
 lint: setup
 	@$(VENV)/ruff check library module_utils lab tests bench scripts/reefguide-sync

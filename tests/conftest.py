@@ -3,7 +3,10 @@ ansible.module_utils.<name>, exactly as modules import them."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import ansible.module_utils
@@ -15,7 +18,44 @@ ansible.module_utils.__path__.append(str(ROOT / "module_utils"))
 
 import pytest  # noqa: E402
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Registers the 'full' marker (set in pytest_collection_modifyitems).
+
+    Under pytest-xdist each worker gets a TMPDIR of its own: runs write their
+    progress files and unpack archives in $TMPDIR under names fixed per host
+    ('reefguide-efs-pull-lab.json'), which two workers' labs would share."""
+    config.addinivalue_line("markers", "full: needs a lab, a server or the instance's Python: make test only")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        os.environ["TMPDIR"] = tempfile.mkdtemp(prefix="reefguide-efs-%s-" % worker)
+        tempfile.tempdir = None  # recomputed from the new TMPDIR
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER") and os.environ["TMPDIR"].startswith(str(Path("/tmp"))):
+        shutil.rmtree(os.environ["TMPDIR"], ignore_errors=True)
+
 from lab import running_lab  # noqa: E402
+
+# Files only `make test` runs: their fixtures bring up labs of their own (running_lab,
+# Lab(...)), start S3 servers, make mount namespaces, or run modules with the instance's
+# Python through the ansible CLI. Every other test needs none of that: `make test-quick`.
+FULL_ONLY_FILES = {
+    "test_faults.py", "test_iam.py", "test_idle_timeout.py", "test_interruptions.py", "test_lab.py",
+    "test_live_record.py", "test_lock_heartbeat.py", "test_molecule.py", "test_run_isolation.py",
+    "test_ssm_limits.py", "test_workers.py", "test_load.py",
+    "test_s3_sync.py", "test_sync_interrupt.py", "test_efs_mount.py", "test_efs_tidy.py",
+    "test_efs_release.py", "test_release_in_place.py",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark 'full' every test of FULL_ONLY_FILES and every test that takes the session's
+    `lab`: `make test-quick` runs the others (-m "not full")."""
+    for item in items:
+        if item.path.name in FULL_ONLY_FILES or "lab" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.full)
 
 
 @pytest.fixture(scope="session")

@@ -59,7 +59,10 @@ def run_module(
 ) -> dict[str, Any]:
     """Result dict of one module call on localhost ('failed' set on failure).
     wrap: argv prefix the ansible command runs under (e.g. nsenter into a
-    test's private mount namespace)."""
+    test's private mount namespace). A module with no action plugin, run as
+    this user with this Python, runs without the CLI (tests/module_direct.py)."""
+    if not (become or wrap or python) and not (ROOT / "action_plugins" / (name + ".py")).exists():
+        return run_module_direct(name, args, check, diff, env)
     cmd = list(wrap or []) + [
         str(VENV_BIN / "ansible"),
         "localhost",
@@ -89,6 +92,23 @@ def run_module(
             "ansible produced no JSON result (rc=%s): %s\nstdout: %s\nstderr: %s"
             % (proc.returncode, exc, proc.stdout[-3000:], proc.stderr[-3000:])
         )
+    return result
+
+
+def run_module_direct(name: str, args: dict[str, Any], check: bool, diff: bool,
+                      env: Optional[dict[str, str]]) -> dict[str, Any]:
+    """What run_module returns, from the module run by tests/module_direct.py."""
+    internal = {"_ansible_check_mode": check, "_ansible_diff": diff, "_ansible_module_name": name}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "module_direct.py"), name], cwd=ROOT,
+                          input=json.dumps({"ANSIBLE_MODULE_ARGS": dict(args, **internal)}),
+                          env=ansible_env(env), capture_output=True, text=True)
+    try:
+        result = json.loads(proc.stdout)
+    except ValueError as exc:
+        raise AssertionError("module %s printed no JSON result (rc=%s): %s\nstdout: %s\nstderr: %s"
+                             % (name, proc.returncode, exc, proc.stdout[-3000:], proc.stderr[-3000:]))
+    result.setdefault("changed", False)  # as Ansible's task executor does
+    result.pop("invocation", None)
     return result
 
 
