@@ -27,6 +27,7 @@ lint: setup
 
 bench: setup
 	@$(VENV)/python bench/run.py
+	@$(VENV)/python bench/load.py --work .bench/load
 
 lab-up: setup
 	@$(LABCTL) up

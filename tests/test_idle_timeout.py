@@ -32,9 +32,9 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield lab
 
 
-def stall_pulls(lab: Lab, count: int) -> None:
-    """The next `count` GETs of a data file (the pull's, on the instance) are held STALL s, then reset."""
-    lab.ctl("faults", "--rate", "1", "--kinds", "stall", "--stall-seconds", str(STALL), "--presigned", "no",
+def stall_pulls(lab: Lab, count: int, seconds: float = STALL) -> None:
+    """The next `count` GETs of a data file (the pull's, on the instance) are held `seconds`, then reset."""
+    lab.ctl("faults", "--rate", "1", "--kinds", "stall", "--stall-seconds", str(seconds), "--presigned", "no",
             "--match", r"^GET /%s/reefguide-efs/runs/.*blob\d+\.bin$" % re.escape(lab.bucket),
             "--max-faults", str(count), "--reset-counters")
 
@@ -155,7 +155,9 @@ def test_a_controller_lost_mid_pull_leaves_the_pull_to_finish_and_the_next_run_w
     src = make_src(tmp_path / "src", files=6)
     dest = "data/reefguide/lost"
     transfers = ssm(strict)["module_transfers"].get("s3_sync", 0)
-    stall_pulls(strict, 6)
+    # 6 x 12 s held: the re-run must reach the pull's job record while it still runs. With 6 x 4 s,
+    # a re-run slowed by a loaded machine came after the pull had ended (seen under pytest-xdist).
+    stall_pulls(strict, 6, seconds=12)
     watcher = PullWatcher(strict)
     try:
         env = ansible_env(strict.env)
