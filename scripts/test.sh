@@ -4,8 +4,9 @@
 #   scripts/test.sh --quick   what needs no lab (make test-quick): budget 90 s
 # Extra arguments go to pytest. Every run ends with its slowest 20 tests and its total time.
 # pytest runs in REEFGUIDE_TEST_WORKERS processes (pytest-xdist; default 3 for the
-# whole suite, which mostly waits on its labs, and 2 for the quick tier). Each test
-# file stays in one process (--dist loadfile): its labs are module fixtures.
+# whole suite, which often waits on its labs, and 2 for the quick tier). A file's tests
+# share one process (its labs are module fixtures) except in the files tests/conftest.py
+# spreads; the heaviest files go first (conftest's order, kept: --no-loadscope-reorder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -21,7 +22,7 @@ fi
 NO_COLOR=1 .venv/bin/ansible-lint -q --nocolor
 workers="${REEFGUIDE_TEST_WORKERS:-$([ "$quick" = 1 ] && echo 2 || echo 3)}"
 if [ "$workers" -gt 1 ]; then
-  set -- -n "$workers" --dist loadfile "$@"
+  set -- -n "$workers" --dist loadgroup --no-loadscope-reorder "$@"
 fi
 status=0
 .venv/bin/pytest tests -q -p no:cacheprovider --durations=20 --durations-min=0 "$@" || status=$?

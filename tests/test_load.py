@@ -2,7 +2,7 @@
 50,000 files, 5 GiB, and records the figures): a tree of 2,000 small files stages, re-stages
 (nothing to do, no session) and stages one changed file through the playbook in the lab; the
 engine's memory grows with the file count only by its index (a few KB per file) and not at
-all with the size of a file (peak RSS from wait4(), bounded by concurrency x buffer, not by data).
+all with the size of a file (peak RSS from the engine's VmHWM, bounded by concurrency x buffer, not by data).
 
 The memory figures are a ceiling the design promises (docs/architecture.md,
 "S3 engine": part size x concurrency), not a speed measurement; speed is

@@ -168,14 +168,11 @@ def wait_instance(state: dict[str, Any], instance_id: str, running: bool, timeou
     raise LabError("instance %s did not %s within %d s" % (instance_id, "boot" if running else "halt", timeout))
 
 
-def cmd_up(args: argparse.Namespace) -> None:
-    state = load()
-    if state and pid_alive(state.get("moto_pid")):
-        print("lab already up (moto pid %s, labd pid %s); 'labctl down' first to start afresh"
-              % (state["moto_pid"], state.get("labd_pid")))
-        return
-    check_prerequisites()
-    t0 = time.time()
+UP_ATTEMPTS = 3
+
+
+def start_lab(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Starts moto, the fault proxy if asked, labd, and deploys the stack; on failure stops what it started."""
     if lab_dir().exists():
         efs_reads.release_storage()
         shutil.rmtree(lab_dir())
@@ -217,9 +214,35 @@ def cmd_up(args: argparse.Namespace) -> None:
         info = deploy(state, args.stack_name)
         if args.iam:
             lab_iam.setup(state, client, labd_status)
-    except Exception as exc:
+    except Exception:
         cmd_down(argparse.Namespace(keep=True))
-        die("lab start failed: %s" % exc)
+        raise
+    return state, info
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    state = load()
+    if state and pid_alive(state.get("moto_pid")):
+        print("lab already up (moto pid %s, labd pid %s); 'labctl down' first to start afresh"
+              % (state["moto_pid"], state.get("labd_pid")))
+        return
+    check_prerequisites()
+    t0 = time.time()
+    for attempt in range(1, UP_ATTEMPTS + 1):
+        try:
+            state, info = start_lab(args)
+            break
+        except Exception as exc:  # noqa: BLE001 - reported whole below
+            # moto's threaded server answers an occasional 500 (an exception of its own) on a
+            # busy machine; a fresh start is clean, and AWS would be retried the same way.
+            if attempt == UP_ATTEMPTS or "500 Internal Server Error" not in str(exc):
+                die("lab start failed: %s" % exc)
+            log = lab_dir() / "logs" / "moto.log"
+            text = log.read_text(errors="replace") if log.exists() else ""
+            cause = text[text.rfind("Traceback"):].strip().splitlines()[-12:] if "Traceback" in text else []
+            print("labctl: moto answered 500 while the lab started (attempt %d of %d); starting afresh. "
+                  "moto's log said:\n  %s" % (attempt, UP_ATTEMPTS, "\n  ".join(cause) or "(no traceback)"),
+                  file=sys.stderr)
     state["up_seconds"] = round(time.time() - t0, 2)
     save(state)
     print("lab up in %.1f s: stack %s, instance %s (stopped), bucket %s, EFS %s"
