@@ -50,35 +50,12 @@ FULL_ONLY_FILES = {
 }
 
 
-# The files' cost in a full run (seconds of test time, measured on the 2-core machine), heaviest
-# first: pytest-xdist hands work out in collection order, so the long ones start first and the
-# short ones fill the gaps. A file not listed runs after these.
-HEAVIEST_FIRST = [
-    "test_live_record.py", "test_molecule.py", "test_interruptions.py", "test_workers.py",
-    "test_stage_reads.py", "test_stage_playbook.py", "test_faults.py", "test_load.py", "test_idle_timeout.py",
-    "test_iam.py", "test_lock_heartbeat.py", "test_efs_release.py", "test_secrets.py", "test_bad_input.py",
-    "test_deployment_lock.py", "test_archive_isolation.py",
-]
-# Files whose tests may go to different workers (each worker then brings up its own module
-# lab): every test stands alone. Any other file's tests share one worker (its module labs).
-SPREAD_FILES = {"test_live_record.py", "test_molecule.py"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark 'full' every test of FULL_ONLY_FILES and every test that takes the session's
-    `lab`: `make test-quick` runs the others (-m "not full"). Group each file's tests on one
-    worker unless SPREAD_FILES says otherwise, and put the heaviest files first."""
+    `lab`: `make test-quick` runs the others (-m "not full")."""
     for item in items:
         if item.path.name in FULL_ONLY_FILES or "lab" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.full)
-        if item.path.name not in SPREAD_FILES:
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
-    rank = {name: i for i, name in enumerate(HEAVIEST_FIRST)}
-    order = {id(item): i for i, item in enumerate(items)}
-    # within a spread file, the longest test (the property test's sequence) first
-    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), "random_sequences" not in item.name,
-                                 order[id(item)]))
 
 
 @pytest.fixture(scope="session")
