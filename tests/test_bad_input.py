@@ -62,8 +62,10 @@ def test_hostile_names_are_staged_byte_for_byte_and_never_run(lab: Lab, tmp_path
     assert len(want) == len(NASTY) + 3
     assert not (staged / "link-inside.txt").is_symlink()  # staged as the file it points to
     # nothing was executed from a name, on the controller or on the instance (its homes live in the lab dir)
+    # (os.walk, not rglob: other pytest-xdist workers' Ansible runs remove their ~/.ansible/tmp
+    # directories while the walk goes on, and os.walk skips what vanished)
     for top in (Path.home(), ROOT, tmp_path, lab.dir):
-        assert not [p for p in top.rglob(CANARY)], top
+        assert not [d for d, dirs, files in os.walk(top) if CANARY in dirs + files], top
     # S3 has no directories: the manifest carries empty ones
     assert (staged / "empty-dir").is_dir() and not os.listdir(staged / "empty-dir")
     assert lab.status()["instances"][lab.instance_id]["ec2_state"] == "stopped"
