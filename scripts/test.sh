@@ -12,20 +12,18 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 export ANSIBLE_CONFIG="$PWD/ansible.cfg"
 start=$(date +%s)
-quick=0
+tier="whole suite" budget="15 min, set-up included" workers="${REEFGUIDE_TEST_WORKERS:-3}"
 if [ "${1:-}" = "--quick" ]; then
-  quick=1
   shift
+  tier="quick tier" budget="90 s" workers="${REEFGUIDE_TEST_WORKERS:-2}"
   set -- -m "not full" "$@"
 fi
 .venv/bin/ruff check --quiet .
 NO_COLOR=1 .venv/bin/ansible-lint -q --nocolor
-workers="${REEFGUIDE_TEST_WORKERS:-$([ "$quick" = 1 ] && echo 2 || echo 3)}"
 if [ "$workers" -gt 1 ]; then
   set -- -n "$workers" --dist loadfile "$@"
 fi
 status=0
 .venv/bin/pytest tests -q -p no:cacheprovider --durations=20 --durations-min=0 "$@" || status=$?
-echo "test.sh: $([ "$quick" = 1 ] && echo "quick tier" || echo "whole suite") took $(( $(date +%s) - start )) s" \
-     "(budget: $([ "$quick" = 1 ] && echo "90 s" || echo "15 min, set-up included"))"
+echo "test.sh: $tier took $(( $(date +%s) - start )) s (budget: $budget)"
 exit "$status"

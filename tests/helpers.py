@@ -88,11 +88,14 @@ def run_module(
         doc = json.loads(proc.stdout)
         result = doc["plays"][0]["tasks"][0]["hosts"]["localhost"]
     except (ValueError, KeyError, IndexError) as exc:
-        raise AssertionError(
-            "ansible produced no JSON result (rc=%s): %s\nstdout: %s\nstderr: %s"
-            % (proc.returncode, exc, proc.stdout[-3000:], proc.stderr[-3000:])
-        )
+        raise no_result("ansible", proc, exc)
     return result
+
+
+def no_result(what: str, proc: subprocess.CompletedProcess, exc: Exception) -> AssertionError:
+    """The failure of a module call that printed no JSON result, with what it printed."""
+    return AssertionError("%s produced no JSON result (rc=%s): %s\nstdout: %s\nstderr: %s"
+                          % (what, proc.returncode, exc, proc.stdout[-3000:], proc.stderr[-3000:]))
 
 
 def run_module_direct(name: str, args: dict[str, Any], check: bool, diff: bool,
@@ -105,8 +108,7 @@ def run_module_direct(name: str, args: dict[str, Any], check: bool, diff: bool,
     try:
         result = json.loads(proc.stdout)
     except ValueError as exc:
-        raise AssertionError("module %s printed no JSON result (rc=%s): %s\nstdout: %s\nstderr: %s"
-                             % (name, proc.returncode, exc, proc.stdout[-3000:], proc.stderr[-3000:]))
+        raise no_result("module %s" % name, proc, exc)
     result.setdefault("changed", False)  # as Ansible's task executor does
     result.pop("invocation", None)
     return result
