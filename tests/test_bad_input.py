@@ -68,7 +68,7 @@ def test_hostile_names_are_staged_byte_for_byte_and_never_run(lab: Lab, tmp_path
         assert not [d for d, dirs, files in os.walk(top) if CANARY in dirs + files], top
     # S3 has no directories: the manifest carries empty ones
     assert (staged / "empty-dir").is_dir() and not os.listdir(staged / "empty-dir")
-    assert lab.status()["instances"][lab.instance_id]["ec2_state"] == "stopped"
+    assert lab.supervisor()["instances"][lab.instance_id]["ec2_state"] == "stopped"
 
     again = run_playbook(lab.env, INVENTORY, "stage_data.yml", "-e", "src=%s" % src, "-e", "dest='%s'" % dest)
     assert again.returncode == 0 and "Nothing to do" in again.stdout, again.stdout[-3000:]
@@ -87,7 +87,7 @@ def test_symlink_escaping_src_is_refused_and_nothing_starts(lab: Lab, tmp_path: 
     assert "escape.txt" in run.stdout and "outside" in run.stdout, run.stdout[-3000:]
     assert lab.sessions_started() == before
     assert not (lab.efs_path / "data/reefguide/esc").exists()
-    assert lab.status()["instances"][lab.instance_id]["ec2_state"] == "stopped"
+    assert lab.supervisor()["instances"][lab.instance_id]["ec2_state"] == "stopped"
 
 
 @pytest.mark.parametrize(
@@ -113,7 +113,7 @@ def test_wrong_deployment_settings_are_refused_before_anything_starts(
     for word in words:
         assert word in run.stdout, (word, run.stdout[-3000:])
     assert lab.sessions_started() == before
-    assert lab.status()["instances"][lab.instance_id]["ec2_state"] == "stopped"
+    assert lab.supervisor()["instances"][lab.instance_id]["ec2_state"] == "stopped"
 
 
 def test_terminated_instance_is_a_clear_error(lab: Lab, tmp_path: Path) -> None:

@@ -91,7 +91,7 @@ def test_stage_survives_a_flaky_s3(flaky: Lab, tmp_path: Path) -> None:
     run = playbook(flaky, "stage_data.yml", "-e", "src=%s" % src, "-e", "preset=adria_datapackage",
                    "-e", "package=Both")
     took = time.time() - t0
-    counters = flaky.status()["s3_faults"]["counters"]
+    counters = flaky.s3_faults()["counters"]
     faults(flaky, rate=0)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     diff = subprocess.run(["diff", "-r", str(src), str(flaky.efs_path / DEST)], capture_output=True, text=True)
@@ -100,7 +100,7 @@ def test_stage_survives_a_flaky_s3(flaky: Lab, tmp_path: Path) -> None:
     assert counters["faults"] >= 4, counters
     assert all(counters["by_kind"][k] > 0 for k in ("500", "503", "reset", "stall")), counters
     assert counters["forwarded"] + counters["faults"] == counters["requests"], counters
-    assert flaky.status()["instances"][flaky.instance_id]["ec2_state"] == "stopped"
+    assert flaky.supervisor()["instances"][flaky.instance_id]["ec2_state"] == "stopped"
     print("staged through %d faults in %.1f s" % (counters["faults"], took))
 
 
@@ -117,7 +117,7 @@ def test_s3_that_only_says_slowdown_fails_cleanly(flaky: Lab, tmp_path: Path) ->
     try:
         run = playbook(flaky, "stage_data.yml", "-e", "src=%s" % src, "-e", "preset=adria_datapackage",
                        "-e", "package=Both")
-        counters = flaky.status()["s3_faults"]["counters"]
+        counters = flaky.s3_faults()["counters"]
     finally:
         faults(flaky, rate=0, match=None)
     out = run.stdout + run.stderr
@@ -129,7 +129,7 @@ def test_s3_that_only_says_slowdown_fails_cleanly(flaky: Lab, tmp_path: Path) ->
     assert "retry later" in failure[-1], failure[-1]
     assert counters["by_kind"]["503"] >= 10, counters  # the engine's whole retry budget went to S3, not less
     # put back: instance stopped, nothing released, lock free; uploads kept for the re-run, and said so
-    assert flaky.status()["instances"][flaky.instance_id]["ec2_state"] == "stopped"
+    assert flaky.supervisor()["instances"][flaky.instance_id]["ec2_state"] == "stopped"
     assert (tree(live), history.read_bytes() if history.exists() else None) == before
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=flaky.bucket).get("Contents", [])]
     assert "reefguide-efs/lock.json" not in keys
@@ -146,14 +146,14 @@ def test_expired_credentials_stop_the_run_before_anything_starts(flaky: Lab, tmp
     try:
         run = playbook(flaky, "stage_data.yml", "-e", "src=%s" % src, "-e", "preset=adria_datapackage",
                        "-e", "package=Both")
-        counters = flaky.status()["s3_faults"]["counters"]
+        counters = flaky.s3_faults()["counters"]
     finally:
         faults(flaky, rate=0, kinds=["500", "503", "reset", "stall"])
     assert run.returncode != 0
     assert "ExpiredToken" in run.stdout and "log in again" in run.stdout, run.stdout[-3000:]
     assert counters["by_kind"]["expired"] >= 1
     assert flaky.sessions_started() == sessions
-    assert flaky.status()["instances"][flaky.instance_id]["ec2_state"] == "stopped"
+    assert flaky.supervisor()["instances"][flaky.instance_id]["ec2_state"] == "stopped"
 
 
 @pytest.mark.parametrize("kind", ["500", "reset"])
@@ -167,7 +167,7 @@ def test_a_module_file_mangled_in_transit_is_sent_again(flaky: Lab, tmp_path: Pa
     try:
         run = playbook(flaky, "stage_data.yml", "-e", "src=%s" % src, "-e", "preset=adria_datapackage",
                        "-e", "package=Both")
-        counters = flaky.status()["s3_faults"]["counters"]
+        counters = flaky.s3_faults()["counters"]
     finally:
         faults(flaky, rate=0, match=None, max_faults=None)
     assert counters["by_kind"][kind] == 1, counters
@@ -204,7 +204,7 @@ def test_a_stall_past_the_socket_timeout_ends_in_a_retry(flaky: Lab) -> None:
         assert s3.get_object(Bucket=flaky.bucket, Key="faults/stall.txt")["Body"].read() == b"held, then answered"
         took = time.time() - t0
         assert took < 6, took  # two 1 s timeouts and back-off, never the whole stall
-        assert flaky.status()["s3_faults"]["counters"]["by_kind"]["stall"] == 2
+        assert flaky.s3_faults()["counters"]["by_kind"]["stall"] == 2
     finally:
         faults(flaky, rate=0, match=None, max_faults=None, stall_seconds=1.5)
 
@@ -218,7 +218,7 @@ def test_a_lost_answer_to_the_lock_write_is_not_a_lock_held_by_someone_else(flak
         faults(flaky, rate=1.0, kinds=["drop"], match="^PUT /%s/%s$" % (re.escape(flaky.bucket), key),
                max_faults=1, reset_counters=True)
         res = run_module("deployment_lock", args, env=flaky.env)
-        assert flaky.status()["s3_faults"]["counters"]["by_kind"]["drop"] == 1
+        assert flaky.s3_faults()["counters"]["by_kind"]["drop"] == 1
     finally:
         faults(flaky, rate=0, match=None, max_faults=None, kinds=["500", "503", "reset", "stall"])
     assert not res.get("failed") and res["changed"] and res["lock"]["run_id"] == "run-lost-answer", res.get("msg")

@@ -68,7 +68,7 @@ def without(policy: dict[str, Any], action: str) -> dict[str, Any]:
 
 
 def ec2_state(lab: Lab) -> str:
-    return lab.status()["instances"][lab.instance_id]["ec2_state"]
+    return lab.supervisor()["instances"][lab.instance_id]["ec2_state"]
 
 
 def denials(lab: Lab) -> list[str]:

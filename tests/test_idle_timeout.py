@@ -40,11 +40,11 @@ def stall_pulls(lab: Lab, count: int, seconds: float = STALL) -> None:
 
 
 def stalls(lab: Lab) -> int:
-    return int(lab.status()["s3_faults"]["counters"]["by_kind"].get("stall", 0))
+    return int(lab.s3_faults()["counters"]["by_kind"].get("stall", 0))
 
 
 def ssm(lab: Lab) -> dict:
-    return lab.status()["ssm"]
+    return lab.supervisor()["ssm"]
 
 
 def make_src(root: Path, files: int = 4) -> Path:
@@ -55,7 +55,7 @@ def make_src(root: Path, files: int = 4) -> Path:
 
 
 def ec2_state(lab: Lab) -> str:
-    return lab.status()["instances"][lab.instance_id]["ec2_state"]
+    return lab.supervisor()["instances"][lab.instance_id]["ec2_state"]
 
 
 def test_a_silent_command_longer_than_the_idle_timeout_dies_over_aws_ssm(strict: Lab, tmp_path: Path) -> None:

@@ -74,7 +74,7 @@ def uploading(lab: Lab) -> bool:
 
 
 def remote_part(lab: Lab) -> bool:
-    return lab.status()["sessions_open"] > 0
+    return lab.supervisor()["sessions_open"] > 0
 
 
 def interrupt(proc: subprocess.Popen) -> str:
@@ -102,7 +102,7 @@ def counts(out: str, what: str) -> tuple[int, int]:
 
 
 def ec2_state(lab: Lab) -> str:
-    return lab.status()["instances"][lab.instance_id]["ec2_state"]
+    return lab.supervisor()["instances"][lab.instance_id]["ec2_state"]
 
 
 def stage_v1(lab: Lab, tmp_path: Path) -> Path:

@@ -46,7 +46,7 @@ def test_many_files_stage_and_restage_through_the_playbook(lab: Lab, tmp_path: P
     third = run_playbook(lab.env, inv, "stage_data.yml", "-e", "src=%s" % src, "-e", "dest=%s" % dest, timeout=1800)
     assert third.returncode == 0 and "1 changed" in third.stdout, third.stdout[-3000:]
     assert digest_tree(lab.efs_path / dest) == digest_tree(src)
-    assert lab.status()["instances"][lab.instance_id]["ec2_state"] == "stopped"
+    assert lab.supervisor()["instances"][lab.instance_id]["ec2_state"] == "stopped"
 
 
 @pytest.fixture

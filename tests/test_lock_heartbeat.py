@@ -58,7 +58,7 @@ def test_break_lock_true_is_refused_while_the_stage_runs(hlab: Lab, tmp_path: Pa
     assert stage.returncode == 0, out[-3000:]
     assert tree(hlab.efs_path / DEST) == tree(src)
     assert lock_object(hlab) == {}
-    assert hlab.status()["instances"][hlab.instance_id]["ec2_state"] == "stopped"
+    assert hlab.supervisor()["instances"][hlab.instance_id]["ec2_state"] == "stopped"
 
 
 def test_break_lock_accepts_only_true_false_or_force(hlab: Lab) -> None:

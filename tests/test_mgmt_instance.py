@@ -20,7 +20,7 @@ def test_start_waits_for_online_and_reports_what_it_did(lab: Lab) -> None:
     try:
         planned = power(lab, "running", check=True)
         assert planned["changed"] and planned["state_before"] == "stopped"
-        assert lab.status()["instances"][lab.instance_id]["ec2_state"] == "stopped", "check mode started it"
+        assert lab.supervisor()["instances"][lab.instance_id]["ec2_state"] == "stopped", "check mode started it"
         res = power(lab, "running")
         assert res["changed"] and res["started_by_this_call"] and res["ping_status"] == "Online"
         assert res["state_before"] == "stopped" and res["state_after"] == "running"

@@ -29,6 +29,6 @@ def test_molecule_scenario(scenario: str, tmp_path) -> None:
         assert proc.returncode == 0, "molecule test -s %s failed (full log %s):\n%s" % (
             scenario, log, (proc.stdout + proc.stderr)[-6000:])
         # every session the playbooks opened was closed again
-        assert lab.status()["sessions_open"] == 0
+        assert lab.supervisor()["sessions_open"] == 0
     finally:
         lab.down()

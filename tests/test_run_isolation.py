@@ -21,7 +21,7 @@ def rlab(tmp_path_factory):
 
 
 def ec2_state(lab: Lab) -> str:
-    return lab.status()["instances"][lab.instance_id]["ec2_state"]
+    return lab.supervisor()["instances"][lab.instance_id]["ec2_state"]
 
 
 @pytest.fixture

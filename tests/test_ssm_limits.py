@@ -82,7 +82,7 @@ def alive(lab: Lab, pid: int) -> bool:
 
 
 def ssm_status(lab: Lab) -> dict:
-    return lab.status()["ssm"]
+    return lab.supervisor()["ssm"]
 
 
 def test_status_shows_the_limits(strict_lab: Lab) -> None:

@@ -44,7 +44,7 @@ def test_two_deployments_staged_in_one_run(lab: Lab, tmp_path: Path) -> None:
         efs = lab.dir / "efs" / state["stacks"][stack]["fs_id"] / "data/reefguide/adria/datapackages/Both"
         diff = subprocess.run(["diff", "-r", str(src), str(efs)], capture_output=True, text=True)
         assert diff.returncode == 0, (stack, diff.stdout)
-    assert {i["ec2_state"] for i in lab.status()["instances"].values()} <= {"stopped", "terminated"}
+    assert {i["ec2_state"] for i in lab.supervisor()["instances"].values()} <= {"stopped", "terminated"}
 
 
 def test_bad_dest_is_refused_before_anything_starts(lab: Lab, tmp_path: Path) -> None:
@@ -60,7 +60,7 @@ def test_bad_dest_is_refused_before_anything_starts(lab: Lab, tmp_path: Path) ->
     run = playbook(lab, inv, "stage_data.yml", "-e", "src=%s" % (tmp_path / "missing"), "-e", "preset=reefguide_data")
     assert run.returncode != 0 and "does not exist" in run.stdout
     assert lab.sessions_started() == before
-    assert lab.status()["instances"][lab.instance_id]["ec2_state"] == "stopped"
+    assert lab.supervisor()["instances"][lab.instance_id]["ec2_state"] == "stopped"
 
 
 def test_teardown_check_on_a_running_instance_lists_what_would_go_and_changes_nothing(
@@ -89,12 +89,12 @@ def test_teardown_check_on_a_running_instance_lists_what_would_go_and_changes_no
     assert lab.sessions_started() > sessions  # it looked at EFS: the instance was running
     assert leftover.exists()
     assert sorted(str(p.relative_to(lab.efs_path)) for p in releases.rglob("*")) == before
-    assert lab.status()["instances"][lab.instance_id]["ec2_state"] == "running"
+    assert lab.supervisor()["instances"][lab.instance_id]["ec2_state"] == "running"
 
     real = playbook(lab, inv, "teardown.yml", "-e", "keep=0")
     assert real.returncode == 0, real.stdout[-3000:]
     assert not leftover.exists()
-    assert lab.status()["instances"][lab.instance_id]["ec2_state"] == "stopped"
+    assert lab.supervisor()["instances"][lab.instance_id]["ec2_state"] == "stopped"
     assert (lab.efs_path / dest / "table.csv").read_text().startswith("version 2")
 
 

@@ -51,6 +51,6 @@ def test_teardown_finds_and_aborts_a_left_multipart_upload(lab: Lab) -> None:
         assert real.returncode == 0, real.stdout[-3000:]
         assert multipart_line(real.stdout) == (1, 2, 10 * MiB, "aborted")
         assert uploads(lab) == [elsewhere]
-        assert lab.status()["instances"][lab.instance_id]["ec2_state"] == "stopped"
+        assert lab.supervisor()["instances"][lab.instance_id]["ec2_state"] == "stopped"
     finally:
         lab.client("s3").abort_multipart_upload(Bucket=lab.bucket, Key=elsewhere, UploadId=other)
