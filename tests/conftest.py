@@ -64,3 +64,21 @@ def lab(tmp_path_factory):
     `make demo` lab in .lab/ is left alone); brought down at the end."""
     with running_lab(tmp_path_factory.mktemp("lab")) as lab:
         yield lab
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """REEFGUIDE_TEST_CPU=file: append each test's CPU (its own and its waited-for children's) to file."""
+    out = os.environ.get("REEFGUIDE_TEST_CPU")
+    if not out:
+        yield
+        return
+    import resource
+    import time
+    before = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    t0 = time.time()
+    yield
+    after = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    cpu = [a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before)]
+    with open(out, "a") as fh:
+        fh.write("%.1f\t%.1f\t%.1f\t%s\n" % (time.time() - t0, cpu[0], cpu[1], item.nodeid))

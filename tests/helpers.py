@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+import ansible
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
@@ -58,11 +60,12 @@ def run_module(
     wrap: Optional[list[str]] = None,
 ) -> dict[str, Any]:
     """Result dict of one module call on localhost ('failed' set on failure).
-    wrap: argv prefix the ansible command runs under (e.g. nsenter into a
-    test's private mount namespace). A module with no action plugin, run as
-    this user with this Python, runs without the CLI (tests/module_direct.py)."""
-    if not (become or wrap or python) and not (ROOT / "action_plugins" / (name + ".py")).exists():
-        return run_module_direct(name, args, check, diff, env)
+    python: the interpreter the module runs in (default this one). wrap: argv
+    prefix the module runs under (e.g. nsenter into a test's private mount
+    namespace). A module with no action plugin, run as this user, runs without
+    the CLI (tests/module_direct.py)."""
+    if not become and not (ROOT / "action_plugins" / (name + ".py")).exists():
+        return run_module_direct(name, args, check, diff, env, python, wrap)
     cmd = list(wrap or []) + [
         str(VENV_BIN / "ansible"),
         "localhost",
@@ -98,13 +101,16 @@ def no_result(what: str, proc: subprocess.CompletedProcess, exc: Exception) -> A
                           % (what, proc.returncode, exc, proc.stdout[-3000:], proc.stderr[-3000:]))
 
 
-def run_module_direct(name: str, args: dict[str, Any], check: bool, diff: bool,
-                      env: Optional[dict[str, str]]) -> dict[str, Any]:
+def run_module_direct(name: str, args: dict[str, Any], check: bool, diff: bool, env: Optional[dict[str, str]],
+                      python: Optional[str] = None, wrap: Optional[list[str]] = None) -> dict[str, Any]:
     """What run_module returns, from the module run by tests/module_direct.py."""
     internal = {"_ansible_check_mode": check, "_ansible_diff": diff, "_ansible_module_name": name}
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "module_direct.py"), name], cwd=ROOT,
-                          input=json.dumps({"ANSIBLE_MODULE_ARGS": dict(args, **internal)}),
-                          env=ansible_env(env), capture_output=True, text=True)
+    full_env = ansible_env(env)
+    if python and python != sys.executable:  # it has no ansible: the controller's, as AnsiballZ ships it
+        full_env["REEFGUIDE_CONTROLLER_ANSIBLE"] = os.path.dirname(ansible.__file__)
+    proc = subprocess.run(list(wrap or []) + [python or sys.executable, str(ROOT / "tests" / "module_direct.py"), name],
+                          cwd=ROOT, input=json.dumps({"ANSIBLE_MODULE_ARGS": dict(args, **internal)}),
+                          env=full_env, capture_output=True, text=True)
     try:
         result = json.loads(proc.stdout)
     except ValueError as exc:

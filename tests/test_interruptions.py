@@ -175,8 +175,9 @@ def test_pull_killed_on_the_instance(ilab: Lab, tmp_path: Path) -> None:
     staging = ilab.efs_path / ".reefguide-staging" / DEST.replace("/", "%2F") / DEST
     proc = start_stage(ilab, v2)
 
-    def pulled_some() -> bool:
-        return staging.is_dir() and sum(len(f) for _, _, f in os.walk(staging)) > 300
+    def pulled_some() -> bool:  # complete files: a temporary still being written is not one
+        return staging.is_dir() and sum(1 for _, _, files in os.walk(staging)
+                                        for n in files if "reefguide-tmp" not in n) > 300
 
     wait_for("pull under way", pulled_some, proc)
     killed = ilab.instance_exec(["pkill", "-KILL", "-f", "[A]nsiballZ_s3_sync"])  # [A]: not pkill itself
