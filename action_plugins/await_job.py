@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Optional
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
+from ansible.plugins.loader import action_loader
 from ansible.utils.vars import merge_hash
 
 
@@ -25,10 +27,17 @@ class ActionModule(ActionBase):
         async_dir = self._remote_expand_user(self.get_shell_option("async_dir", default="~/.ansible_async"))
         deadline = time.monotonic() + args["timeout"]
         polls = 0
+        # a job on the controller is polled in this worker (reefguide_in_process), not a new Python per poll
+        in_process = sys.modules[action_loader.get("reefguide_in_process", class_only=True).__module__]
+        here = in_process.runs_here(self, task_vars or {})
         while True:
             polls += 1
-            status = self._execute_module(module_name="ansible.legacy.async_status", task_vars=task_vars,
-                                          module_args={"jid": args["jid"], "mode": "status", "_async_dir": async_dir})
+            status_args = {"jid": args["jid"], "mode": "status", "_async_dir": async_dir}
+            if here:
+                status = in_process.run_here(self, "ansible.legacy.async_status", status_args, task_vars or {})
+            else:
+                status = self._execute_module(module_name="ansible.legacy.async_status", task_vars=task_vars,
+                                              module_args=status_args)
             if status.get("finished") or (status.get("failed") and not status.get("started", True)):
                 break
             if time.monotonic() >= deadline:

@@ -66,6 +66,18 @@ def lab(tmp_path_factory):
         yield lab
 
 
+@pytest.fixture(autouse=True)
+def _the_shared_lab_starts_stopped(request):
+    """Every test that takes the session's `lab` finds its instance stopped, as a user's deployment
+    is between runs, whatever the test before it left (test_lab's leave it running)."""
+    if "lab" in request.fixturenames:
+        lab = request.getfixturevalue("lab")
+        reservations = lab.client("ec2").describe_instances(InstanceIds=[lab.instance_id])["Reservations"]
+        if reservations[0]["Instances"][0]["State"]["Name"] in ("pending", "running"):
+            lab.stop_instance()
+    yield
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """REEFGUIDE_TEST_CPU=file: append each test's CPU (its own and its waited-for children's) to file."""

@@ -66,6 +66,7 @@ class Supervisor:
         self.stop_event = threading.Event()
         self.wake = threading.Event()
         self.active_until = 0.0
+        self.last_poll = 0.0
         self.limits = limits or SessionLimits(0, 0)  # Session Manager's idle timeout and max duration
 
     # -- instance life cycle -------------------------------------------------
@@ -128,7 +129,16 @@ class Supervisor:
             self.wake.set()
         self.active_until = now + ACTIVE_SECONDS
 
+    def fresh(self) -> None:
+        """Poll now unless a poll has just happened: what labd answers is never older than POLL."""
+        if time.monotonic() - self.last_poll > POLL:
+            try:
+                self.poll_once()
+            except Exception:  # an answer from the last poll beats none
+                traceback.print_exc()
+
     def poll_once(self) -> None:
+        self.last_poll = time.monotonic()
         states: dict[str, str] = {}
         for page in self.ec2_client().get_paginator("describe_instances").paginate():
             for res in page["Reservations"]:
@@ -207,6 +217,7 @@ class Supervisor:
     # -- SSM answers ----------------------------------------------------------
     def start_session(self, body: dict[str, Any], host: str, caller: str = "lab") -> tuple[int, dict[str, Any]]:
         target = body.get("Target", "")
+        self.fresh()
         with self.lock:
             rec = self.instances.get(target)
             if not rec or not self.online(rec):
@@ -230,6 +241,7 @@ class Supervisor:
         return 200, {"SessionId": sid}
 
     def describe_instance_information(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        self.fresh()
         wanted: set[str] = set()
         for f in body.get("Filters", []) or []:
             if f.get("Key") == "InstanceIds":
@@ -323,6 +335,7 @@ def make_handler(sup: Supervisor, moto_host: str, moto_port: int):
             sup.touch()
             url = urlparse(self.path)
             if url.path == "/lab/status":
+                sup.fresh()
                 return self.reply(200, sup.status(), "application/json")
             if url.path.startswith("/lab/session/"):
                 token = parse_qs(url.query).get("token", [""])[0]

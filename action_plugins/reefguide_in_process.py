@@ -1,0 +1,108 @@
+# Runs a module of library/ inside the task's worker process when the task runs on the controller
+# itself (delegate_to: localhost) with the controller's own Python, instead of in a new Python.
+#
+# A module run the usual way costs a new interpreter, an AnsiballZ payload compiled from its zip,
+# and boto3 imported again: about 0.5 s of CPU per task, some 15 tasks of a stage. The worker is
+# a fork of ansible-playbook, which has boto3 loaded already (callback_plugins/reefguide_preload.py),
+# and it ends with the task, so nothing the module does outlives it. The module gets the same
+# arguments and its result is parsed the same way. Any other case (another host or Python,
+# become, async, a task environment) runs the usual way.
+#
+# library/<name>.py opts in with an action plugin of its name that is this class:
+#     ActionModule = action_loader.get("reefguide_in_process", class_only=True)
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import traceback
+from typing import Any, Optional
+
+from ansible import constants as C
+from ansible.module_utils.common.json import Direction, get_module_encoder
+from ansible.plugins.action import ActionBase
+from ansible.utils.vars import merge_hash
+from ansible.vars.clean import remove_internal_keys
+
+PROFILE = "legacy"  # the serialization profile of every module in library/ (none declares another)
+
+
+def _host_vars(action: ActionBase, task_vars: dict[str, Any]) -> dict[str, Any]:
+    """The variables of the host the module runs on (the delegated one, as _configure_module takes them)."""
+    if action._task.delegate_to:
+        return (task_vars.get("ansible_delegated_vars") or {}).get(action._task.delegate_to) or {}
+    return task_vars
+
+
+def runs_here(action: ActionBase, task_vars: dict[str, Any]) -> bool:
+    """True when the module would run on this machine, as this user, in this very Python."""
+    if getattr(action._connection, "transport", "") not in ("local", "ansible.builtin.local"):
+        return False
+    if action._task.async_val or action._play_context.become or action._compute_environment_string():
+        return False
+    interpreter = _host_vars(action, task_vars).get("ansible_python_interpreter")
+    if not interpreter:
+        return False
+    try:
+        interpreter = action._templar.template(interpreter)
+    except Exception:  # noqa: BLE001 - an interpreter we cannot resolve here: the usual way decides
+        return False
+    return isinstance(interpreter, str) and os.path.realpath(interpreter) == os.path.realpath(sys.executable)
+
+
+def run_here(action: ActionBase, module_name: str, module_args: dict[str, Any],
+             task_vars: dict[str, Any]) -> dict[str, Any]:
+    """The module's result, run in this process as AnsiballZ would run it in a new one."""
+    path = action._shared_loader_obj.module_loader.find_plugin(module_name, mod_type=".py")
+    args = dict(module_args)
+    action._update_module_args(module_name, args, task_vars)
+    payload = json.dumps({"ANSIBLE_MODULE_ARGS": args}, cls=get_module_encoder(PROFILE, Direction.CONTROLLER_TO_MODULE))
+
+    import ansible.module_utils
+    from ansible.module_utils import basic
+
+    for extra in C.DEFAULT_MODULE_UTILS_PATH or []:  # the project's module_utils, as AnsiballZ packs them
+        if extra not in ansible.module_utils.__path__:
+            ansible.module_utils.__path__.append(extra)
+    basic._ANSIBLE_ARGS, basic._ANSIBLE_PROFILE = payload.encode(), PROFILE
+
+    out, saved, cwd = io.StringIO(), sys.stdout, os.getcwd()
+    rc = 0
+    sys.stdout = out
+    os.chdir(action._loader.get_basedir())  # where the local connection runs a module
+    try:
+        with open(path, "rb") as fh:  # not runpy.run_path: the controller's path hooks claim ansible/modules/*.py
+            code = compile(fh.read(), path, "exec")
+        exec(code, {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})
+    except SystemExit as exc:  # exit_json / fail_json
+        rc = exc.code if isinstance(exc.code, int) else 1
+    except Exception:  # noqa: BLE001 - reported as a module failure, as a crash in its own process would be
+        rc = 1
+        out.write(json.dumps({"failed": True, "msg": "MODULE FAILURE: %s crashed" % module_name,
+                              "module_stderr": traceback.format_exc()}))
+    finally:
+        sys.stdout = saved
+        os.chdir(cwd)
+        basic._ANSIBLE_ARGS = basic._ANSIBLE_PROFILE = None
+    data = action._parse_returned_data({"rc": rc, "stdout": out.getvalue(), "stderr": ""}, PROFILE)
+    data.pop("_ansible_suppress_tmpdir_delete", None)
+    remove_internal_keys(data)  # as _execute_module does
+    return data
+
+
+class ActionModule(ActionBase):
+    _supports_check_mode = True
+    _supports_async = True
+
+    def run(self, tmp: Any = None, task_vars: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        result = super().run(tmp, task_vars)
+        task_vars = task_vars or {}
+        if runs_here(self, task_vars):
+            return merge_hash(result, run_here(self, self._task.action, self._task.args, task_vars))
+        wrap_async = self._task.async_val and not self._connection.has_native_async
+        result = merge_hash(result, self._execute_module(task_vars=task_vars, wrap_async=wrap_async))
+        if not wrap_async:
+            self._remove_tmp_path(self._connection._shell.tmpdir)
+        return result
