@@ -23,6 +23,7 @@ from typing import Any, Optional
 from ansible import constants as C
 from ansible.module_utils.common.json import Direction, get_module_encoder
 from ansible.plugins.action import ActionBase
+from ansible.plugins.action.normal import ActionModule as NormalAction
 from ansible.utils.vars import merge_hash
 from ansible.vars.clean import remove_internal_keys
 
@@ -92,17 +93,11 @@ def run_here(action: ActionBase, module_name: str, module_args: dict[str, Any],
     return data
 
 
-class ActionModule(ActionBase):
-    _supports_check_mode = True
-    _supports_async = True
+class ActionModule(NormalAction):
+    """Ansible's own action for a module (ansible.builtin.normal), run here when it can be."""
 
     def run(self, tmp: Any = None, task_vars: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-        result = super().run(tmp, task_vars)
-        task_vars = task_vars or {}
-        if runs_here(self, task_vars):
-            return merge_hash(result, run_here(self, self._task.action, self._task.args, task_vars))
-        wrap_async = self._task.async_val and not self._connection.has_native_async
-        result = merge_hash(result, self._execute_module(task_vars=task_vars, wrap_async=wrap_async))
-        if not wrap_async:
-            self._remove_tmp_path(self._connection._shell.tmpdir)
-        return result
+        if not runs_here(self, task_vars or {}):
+            return super().run(tmp, task_vars)
+        result = ActionBase.run(self, tmp, task_vars)
+        return merge_hash(result, run_here(self, self._task.action, self._task.args, task_vars or {}))

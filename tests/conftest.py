@@ -72,8 +72,7 @@ def _the_shared_lab_starts_stopped(request):
     is between runs, whatever the test before it left (test_lab's leave it running)."""
     if "lab" in request.fixturenames:
         lab = request.getfixturevalue("lab")
-        reservations = lab.client("ec2").describe_instances(InstanceIds=[lab.instance_id])["Reservations"]
-        if reservations[0]["Instances"][0]["State"]["Name"] in ("pending", "running"):
+        if lab.supervisor()["instances"].get(lab.instance_id, {}).get("ec2_state") in ("pending", "running"):
             lab.stop_instance()
     yield
 

@@ -63,13 +63,16 @@ class Lab:
     def supervisor(self) -> dict[str, Any]:
         """labd's part of the status (instances, SSM sessions), read from labd itself: the
         loops that wait on it would spend 0.25 s of CPU per `labctl` process."""
-        with urllib.request.urlopen("http://127.0.0.1:%d/lab/status" % self.state["labd_port"], timeout=10) as r:
-            return json.load(r)
+        return self.served_json("labd_port", "/lab/status")
 
     def s3_faults(self) -> dict[str, Any]:
         """The S3 fault proxy's settings and counters, read from the proxy as `labctl status` does."""
-        port = json.loads((self.dir / "lab.json").read_text())["faults_port"]
-        with urllib.request.urlopen("http://127.0.0.1:%d/lab/faults" % port, timeout=10) as r:
+        return self.served_json("faults_port", "/lab/faults")
+
+    def served_json(self, port_key: str, path: str) -> dict[str, Any]:
+        """The JSON a lab process serves on loopback (its port read from lab.json now)."""
+        port = json.loads((self.dir / "lab.json").read_text())[port_key]
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=10) as r:
             return json.load(r)
 
     def client(self, service: str) -> Any:
