@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -225,9 +226,12 @@ class ActionModule(ActionBase):
     def ensure_packages(self, install: bool) -> None:
         """boto3 for the instance's python (the sync pulls with it), from the
         distribution's packages, once: a present one costs one tiny command in
-        this same session."""
+        this same session. The probe finds the packages without importing them
+        (0.01 s against 0.2 s of CPU); a broken install is still named, by the
+        module that imports it (module_utils/reefguide/aws.py)."""
         python = self.task_vars.get("ansible_python_interpreter") or "/usr/bin/python3"
-        probe = self._low_level_execute_command("%s -c 'import boto3'" % python, sudoable=False)
+        found = "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('boto3', 'botocore')))"
+        probe = self._low_level_execute_command("%s -c %s" % (python, shlex.quote(found)), sudoable=False)
         if probe.get("rc") == 0:
             self.steps["packages"] = {"changed": False, "msg": "boto3 present"}
             return

@@ -19,11 +19,20 @@ if [ "${1:-}" = "--quick" ]; then
   set -- -m "not full" "$@"
 fi
 .venv/bin/ruff check --quiet .
-NO_COLOR=1 .venv/bin/ansible-lint -q --nocolor
+# ansible-lint (about 20 s, mostly one core) runs beside pytest; its findings print after the tests
+lint_log="$(mktemp)"
+trap 'rm -f "$lint_log"' EXIT
+NO_COLOR=1 .venv/bin/ansible-lint -q --nocolor >"$lint_log" 2>&1 &
+lint_pid=$!
 if [ "$workers" -gt 1 ]; then
   set -- -n "$workers" --dist loadfile "$@"
 fi
 status=0
 .venv/bin/pytest tests -q -p no:cacheprovider --durations=20 --durations-min=0 "$@" || status=$?
+if ! wait "$lint_pid"; then
+  echo "test.sh: ansible-lint failed:"
+  cat "$lint_log"
+  status=1
+fi
 echo "test.sh: $tier took $(( $(date +%s) - start )) s (budget: $budget)"
 exit "$status"

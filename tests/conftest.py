@@ -51,10 +51,12 @@ FULL_ONLY_FILES = {
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark 'full' every test of FULL_ONLY_FILES and every test that takes the session's
-    `lab`: `make test-quick` runs the others (-m "not full")."""
+    """Mark 'full' every test of FULL_ONLY_FILES, of a file that brings up a lab of its own
+    (imports running_lab), and every test that takes the session's `lab`: `make test-quick`
+    runs the others (-m "not full")."""
     for item in items:
-        if item.path.name in FULL_ONLY_FILES or "lab" in getattr(item, "fixturenames", ()):
+        own_lab = getattr(getattr(item, "module", None), "running_lab", None) is running_lab
+        if item.path.name in FULL_ONLY_FILES or own_lab or "lab" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.full)
 
 

@@ -1,42 +1,24 @@
 """The record of what is live never lies: after every operation of ours that changes a destination,
 a stage of the same data either does nothing because EFS already holds it, or stages and then
-EFS holds it (docs/reliability.md, "The record of what is live")."""
+EFS holds it (docs/reliability.md, "The record of what is live"). The property test, random
+sequences of these operations, is test_live_record_property.py (a lab of its own, so the two run side
+by side)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import random
 from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, run_playbook
 from helpers import make_tree as make
 from lab import Lab, running_lab
-
-INVENTORY = ROOT / "inventory" / "lab.yml"
-NOTHING = "Nothing to do"
+from live_records import NOTHING, live_records, play, stage, tree
 
 
 @pytest.fixture(scope="module")
 def rlab(tmp_path_factory):
     with running_lab(tmp_path_factory.mktemp("record-lab")) as lab:
         yield lab
-
-
-def tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def play(lab: Lab, *args: str) -> str:
-    run = run_playbook(lab.env, INVENTORY, *args)
-    assert run.returncode == 0, run.stdout[-4000:]
-    return run.stdout
-
-
-def stage(lab: Lab, src: Path, dest: str, *extra: str) -> str:
-    return play(lab, "stage_data.yml", "-e", "src=%s" % src, "-e", "dest=%s" % dest, *extra)
 
 
 def test_two_destinations_that_used_to_share_a_key_are_staged_apart(rlab: Lab, tmp_path: Path) -> None:
@@ -107,69 +89,3 @@ def test_a_hand_edit_on_efs_is_noticed_by_the_next_run_that_has_the_instance(rla
     assert NOTHING not in again and tree(rlab.efs_path / "data/reefguide/hand") == tree(data), again[-3000:]
     # ... and the untouched destination still needs nothing
     assert NOTHING in stage(rlab, other, "data/reefguide/untouched")
-
-
-# -- property: random sequences of our operations never leave a record that lies ------------------
-
-DESTS = ["data/reefguide/prop/p", "data/reefguide/prop/p/q", "data/reefguide/prop/r"]
-VARIANTS = [{"a": "1\n", "d/b": "1\n"}, {"a": "2\n", "c": "2\n"}, {"d/b": "3\n", "e": "3\n"}]
-
-
-def efs_files(lab: Lab, dest: str) -> dict[str, tuple[int, str]]:
-    root = lab.efs_path / dest
-    return {str(p.relative_to(root)): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in root.rglob("*") if p.is_file()} if root.is_dir() else {}
-
-
-def live_records(lab: Lab) -> dict[str, dict]:
-    s3 = lab.client("s3")
-    out = {}
-    for obj in s3.list_objects_v2(Bucket=lab.bucket, Prefix="reefguide-efs/live/").get("Contents", []):
-        doc = json.loads(s3.get_object(Bucket=lab.bucket, Key=obj["Key"])["Body"].read())
-        if doc.get("dest"):
-            out[doc["dest"]] = doc
-    return out
-
-
-def assert_records_true(lab: Lab, step: str) -> None:
-    for dest, doc in live_records(lab).items():
-        recorded = {rel: (e["size"], e["sha256"]) for rel, e in doc["files"].items()}
-        on_efs = efs_files(lab, dest)
-        if doc.get("complete", True):
-            assert on_efs == recorded, (step, dest, "record says", recorded, "EFS holds", on_efs)
-        else:  # a merge onto a destination nobody had recorded: what it names is there
-            assert {rel: on_efs.get(rel) for rel in recorded} == recorded, (step, dest)
-
-
-@pytest.mark.parametrize("seed", [129])  # a sequence with every operation, mode and nesting
-def test_random_sequences_of_our_operations_keep_every_record_true(rlab: Lab, tmp_path: Path, seed: int) -> None:
-    rng = random.Random(seed)
-    srcs = [make(tmp_path / ("v%d" % i), files) for i, files in enumerate(VARIANTS)]
-    last: dict[str, tuple[Path, str]] = {}
-    for n in range(8):
-        op, dest = rng.choice(["stage", "stage", "stage", "rollback", "remove", "prune"]), rng.choice(DESTS)
-        if op == "stage":
-            src, mode = rng.choice(srcs), rng.choice(["replace", "merge", "mirror"])
-            stage(rlab, src, dest, "-e", "mode=%s" % mode)
-            last[dest] = (src, mode)
-        elif op == "rollback":  # may have no earlier release: then it fails and changes nothing
-            run_playbook(rlab.env, INVENTORY, "rollback.yml", "-e", "dest=%s" % dest)
-        elif op == "remove":
-            play(rlab, "teardown.yml", "-e", '{"remove": ["%s"]}' % dest)
-        else:
-            play(rlab, "teardown.yml", "-e", "keep=0")
-        step = "step %d: %s %s" % (n, op, dest)
-        assert_records_true(rlab, step)
-        # the same data again: nothing to do because EFS already holds it, or staged and then it does
-        again = rng.choice(sorted(last)) if last else None
-        if again:
-            src, mode = last[again]
-            out = stage(rlab, src, again, "-e", "mode=%s" % mode)
-            got = efs_files(rlab, again)
-            want = {str(p.relative_to(src)): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
-                    for p in src.rglob("*") if p.is_file()}
-            if mode == "merge":
-                assert {rel: got.get(rel) for rel in want} == want, (step, again, out[-2000:])
-            else:
-                assert got == want, (step, again, mode, NOTHING in out, out[-2000:])
-            assert_records_true(rlab, step + ", then the same stage again")

@@ -1,0 +1,54 @@
+"""What the live records say and what EFS holds, for the tests of the record of what is live
+(test_live_record.py, test_live_record_property.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from helpers import ROOT, run_playbook
+from lab import Lab
+
+INVENTORY = ROOT / "inventory" / "lab.yml"
+NOTHING = "Nothing to do"
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def play(lab: Lab, *args: str) -> str:
+    run = run_playbook(lab.env, INVENTORY, *args)
+    assert run.returncode == 0, run.stdout[-4000:]
+    return run.stdout
+
+
+def stage(lab: Lab, src: Path, dest: str, *extra: str) -> str:
+    return play(lab, "stage_data.yml", "-e", "src=%s" % src, "-e", "dest=%s" % dest, *extra)
+
+
+def efs_files(lab: Lab, dest: str) -> dict[str, tuple[int, str]]:
+    root = lab.efs_path / dest
+    return {str(p.relative_to(root)): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in root.rglob("*") if p.is_file()} if root.is_dir() else {}
+
+
+def live_records(lab: Lab) -> dict[str, dict]:
+    s3 = lab.client("s3")
+    out = {}
+    for obj in s3.list_objects_v2(Bucket=lab.bucket, Prefix="reefguide-efs/live/").get("Contents", []):
+        doc = json.loads(s3.get_object(Bucket=lab.bucket, Key=obj["Key"])["Body"].read())
+        if doc.get("dest"):
+            out[doc["dest"]] = doc
+    return out
+
+
+def assert_records_true(lab: Lab, step: str) -> None:
+    for dest, doc in live_records(lab).items():
+        recorded = {rel: (e["size"], e["sha256"]) for rel, e in doc["files"].items()}
+        on_efs = efs_files(lab, dest)
+        if doc.get("complete", True):
+            assert on_efs == recorded, (step, dest, "record says", recorded, "EFS holds", on_efs)
+        else:  # a merge onto a destination nobody had recorded: what it names is there
+            assert {rel: on_efs.get(rel) for rel in recorded} == recorded, (step, dest)
