@@ -53,6 +53,14 @@ class CallbackModule(CallbackBase):
             connection_loader.get("amazon.aws.aws_ssm", class_only=True)
         except Exception:  # noqa: BLE001 - a missing collection is reported by the task that needs it
             pass
+        self.warmed = False
+
+    def v2_playbook_on_play_start(self, play):
+        # a play on the controller alone (molecule's create and verify, a test's set-up) calls no
+        # AWS module in the worker: the parse (0.5 s) is for plays on a deployment
+        if self.warmed or all(h in ("localhost", "127.0.0.1") for h in (play.hosts or [])):
+            return
+        self.warmed = True
         try:
             warm_aws_models()
         except Exception:  # noqa: BLE001 - no boto3 here, or another module_utils: each module builds its own

@@ -31,8 +31,6 @@ stamp=.venv/.requirements.sha256
 want="$(sha256sum requirements.txt | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing pinned Python packages (requirements.txt)"
-  # --no-compile: byte-compiling every file of the ansible package takes half the install (25 s of
-  # 50 s here); Python compiles, and caches, only what is imported, when it is first imported
-  .venv/bin/pip install -q --disable-pip-version-check --no-compile -r requirements.txt
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
   echo "$want" > "$stamp"
 fi

@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -225,3 +226,28 @@ def test_a_lost_answer_to_the_lock_write_is_not_a_lock_held_by_someone_else(flak
     res = run_module("deployment_lock", dict(args, state="absent"), env=flaky.env)
     assert not res.get("failed") and res["changed"], res.get("msg")
     assert "Contents" not in moto(flaky).list_objects_v2(Bucket=flaky.bucket, Prefix=key)
+
+
+def test_latency_holds_the_matching_requests_only(flaky: Lab) -> None:
+    """latency_seconds (a slow link, as test_interruptions.py uses it) holds each S3 request that
+    `match` lets through, and only those; a negative latency is refused and changes nothing."""
+    moto(flaky).put_object(Bucket=flaky.bucket, Key="faults/slow/a.txt", Body=b"slow")
+    moto(flaky).put_object(Bucket=flaky.bucket, Key="faults/fast/b.txt", Body=b"fast")
+    s3 = boto3.client("s3", endpoint_url=flaky.env["AWS_ENDPOINT_URL"], region_name=flaky.env["AWS_REGION"],
+                      aws_access_key_id="testing", aws_secret_access_key="testing",
+                      config=Config(s3={"addressing_style": "path"}))
+    try:
+        faults(flaky, latency_seconds=1.0, match="^GET /%s/faults/slow/" % re.escape(flaky.bucket),
+               reset_counters=True)
+        t0 = time.time()
+        assert s3.get_object(Bucket=flaky.bucket, Key="faults/slow/a.txt")["Body"].read() == b"slow"
+        assert time.time() - t0 >= 1.0  # held: it cannot have come back sooner
+        assert s3.get_object(Bucket=flaky.bucket, Key="faults/fast/b.txt")["Body"].read() == b"fast"
+        counters = flaky.s3_faults()["counters"]
+        assert counters["delayed"] == 1 and counters["faults"] == 0, counters
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            faults(flaky, latency_seconds=-1)
+        assert refused.value.code == 400 and "latency_seconds" in json.load(refused.value)["error"]
+        assert flaky.s3_faults()["config"]["latency_seconds"] == 1.0
+    finally:
+        faults(flaky, latency_seconds=0, match=None)

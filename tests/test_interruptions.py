@@ -23,15 +23,23 @@ INVENTORY = ROOT / "inventory" / "lab.yml"
 DEST = "data/reefguide/interrupted"
 
 
+FILES = 300  # each transfer of them lasts seconds: every request to the runs' prefix has LATENCY
+LATENCY = 0.2  # seconds, at the upload's and the pull's 16 requests at a time: about 4 s each way
+
+
 @pytest.fixture(scope="module")
 def ilab(tmp_path_factory):
-    """A lab of this module's own: these tests leave locks and running instances behind on purpose."""
-    with running_lab(tmp_path_factory.mktemp("ilab")) as lab:
+    """A lab of this module's own: these tests leave locks and running instances behind on purpose.
+    S3 goes through the fault proxy, which holds each transfer of a run's files LATENCY seconds
+    (a slow link): a stage of a few hundred files lasts long enough to be interrupted mid-way."""
+    with running_lab(tmp_path_factory.mktemp("ilab"), "--s3-faults", "0") as lab:
+        lab.ctl("faults", "--latency-seconds", str(LATENCY),
+                "--match", "^(PUT|GET) /%s/reefguide-efs/runs/" % re.escape(lab.bucket))
         yield lab
 
 
-def make_src(root: Path, version: str, files: int = 1500) -> Path:
-    """Enough small files that the upload and the pull each take seconds on moto."""
+def make_src(root: Path, version: str, files: int = FILES) -> Path:
+    """Small files, each a request to S3 on the way up and on the way down."""
     for i in range(files):
         d = root / ("region%02d" % (i % 15))
         d.mkdir(parents=True, exist_ok=True)
@@ -112,6 +120,21 @@ def stage_v1(lab: Lab, tmp_path: Path) -> Path:
     return v1
 
 
+def live_before(lab: Lab, tmp_path: Path) -> dict[str, bytes]:
+    """What is live at DEST before the interrupted run: what the test before left there (each
+    ends with a completed stage and the deployment unlocked), or else a version staged now."""
+    live = lab.efs_path / DEST
+    if live.is_dir() and not lab.client("s3").list_objects_v2(
+            Bucket=lab.bucket, Prefix="reefguide-efs/lock.json").get("KeyCount"):
+        return tree(live)
+    return tree(stage_v1(lab, tmp_path))
+
+
+def new_version(tmp_path: Path) -> Path:
+    """FILES files that differ from every earlier version in this lab (the version names the test)."""
+    return make_src(tmp_path / "v2", "v2-%s" % tmp_path.name)
+
+
 def teardown_then_restage(lab: Lab, src: Path) -> None:
     """What the operator does next: the stage names the held lock; teardown
     breaks it and cleans; then the stage completes."""
@@ -130,54 +153,59 @@ def teardown_then_restage(lab: Lab, src: Path) -> None:
 
 
 def test_ctrl_c_during_the_upload(ilab: Lab, tmp_path: Path) -> None:
-    v1 = stage_v1(ilab, tmp_path)
-    v2 = make_src(tmp_path / "v2", "v2")
+    before = live_before(ilab, tmp_path)
+    v2 = new_version(tmp_path)
     proc = start_stage(ilab, v2)
     wait_for("upload", lambda: uploading(ilab), proc)
     interrupt(proc)
-    assert tree(ilab.efs_path / DEST) == tree(v1)  # live data untouched
+    assert tree(ilab.efs_path / DEST) == before  # live data untouched
     teardown_then_restage(ilab, v2)
 
 
 def test_ctrl_c_during_the_remote_part(ilab: Lab, tmp_path: Path) -> None:
-    v1 = stage_v1(ilab, tmp_path)
-    v2 = make_src(tmp_path / "v2", "v2")
+    before = live_before(ilab, tmp_path)
+    v2 = new_version(tmp_path)
     proc = stage_into_the_remote_part(ilab, v2)
     interrupt(proc)
-    assert tree(ilab.efs_path / DEST) == tree(v1)
+    assert tree(ilab.efs_path / DEST) == before
     teardown_then_restage(ilab, v2)
 
 
 def test_instance_stopped_during_the_remote_part(ilab: Lab, tmp_path: Path) -> None:
-    v1 = stage_v1(ilab, tmp_path)
-    v2 = make_src(tmp_path / "v2", "v2")
+    before = live_before(ilab, tmp_path)
+    v2 = new_version(tmp_path)
     proc = stage_into_the_remote_part(ilab, v2)
     ilab.stop_instance()
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0
     assert "Staging failed" in out and "stopped" in out, out[-4000:]
-    assert tree(ilab.efs_path / DEST) == tree(v1)
+    assert tree(ilab.efs_path / DEST) == before
     assert ec2_state(ilab) == "stopped"
     # the run released its lock and kept its uploads; a plain re-run completes without uploading again
-    assert len(run_keys(ilab)) > 1000 and "Uploads kept at" in out
+    assert len(run_keys(ilab)) >= FILES and "Uploads kept at" in out
+    assert ilab.s3_faults()["counters"]["delayed"] >= FILES  # the slow link was there
     again = run_playbook(ilab.env, INVENTORY, "stage_data.yml", "-e", "src=%s" % v2, "-e", "dest=%s" % DEST)
     assert again.returncode == 0, again.stdout[-3000:]
-    assert counts(again.stdout, "Upload") == (0, 1500)
+    assert counts(again.stdout, "Upload") == (0, FILES)
     assert tree(ilab.efs_path / DEST) == tree(v2)
     assert run_keys(ilab) == []  # gone once staged
+
+
+PULLED_FIRST = 50  # complete files in staging when the pull is killed
 
 
 def test_pull_killed_on_the_instance(ilab: Lab, tmp_path: Path) -> None:
     """SIGKILL of the sync on the instance mid-pull: live data untouched, no partial file where
     workers read, and the re-run uploads nothing and pulls only what is missing."""
+    # 20 live files: the staging clones them first, and the wait below counts more than those
     v1 = stage_v1(ilab, tmp_path)
-    v2 = make_src(tmp_path / "v2", "v2")
+    v2 = new_version(tmp_path)
     staging = ilab.efs_path / ".reefguide-staging" / DEST.replace("/", "%2F") / DEST
     proc = start_stage(ilab, v2)
 
     def pulled_some() -> bool:  # complete files: a temporary still being written is not one
         return staging.is_dir() and sum(1 for _, _, files in os.walk(staging)
-                                        for n in files if "reefguide-tmp" not in n) > 300
+                                        for n in files if "reefguide-tmp" not in n) > PULLED_FIRST
 
     wait_for("pull under way", pulled_some, proc)
     killed = ilab.instance_exec(["pkill", "-KILL", "-f", "[A]nsiballZ_s3_sync"])  # [A]: not pkill itself
@@ -191,9 +219,9 @@ def test_pull_killed_on_the_instance(ilab: Lab, tmp_path: Path) -> None:
     assert ec2_state(ilab) == "stopped"
     again = run_playbook(ilab.env, INVENTORY, "stage_data.yml", "-e", "src=%s" % v2, "-e", "dest=%s" % DEST)
     assert again.returncode == 0, again.stdout[-3000:]
-    assert counts(again.stdout, "Upload") == (0, 1500)
+    assert counts(again.stdout, "Upload") == (0, FILES)
     pulled, skipped = counts(again.stdout, "Pull on the instance")
-    assert 0 < pulled < 1500 and skipped >= 300, (pulled, skipped)
+    assert 0 < pulled < FILES and skipped >= PULLED_FIRST, (pulled, skipped)
     assert tree(ilab.efs_path / DEST) == tree(v2)
     assert not staging.exists()
 
@@ -213,7 +241,7 @@ def test_ssm_never_online_times_out_and_stops_the_instance(ilab: Lab, tmp_path: 
 
 def test_two_stage_runs_at_once_one_is_refused(ilab: Lab, tmp_path: Path) -> None:
     """The second run is refused with the holder's name and start time; the first completes alone."""
-    a = make_src(tmp_path / "a", "run-a", files=600)
+    a = make_src(tmp_path / "a", "run-a", files=100)
     b = make_src(tmp_path / "b", "run-b", files=5)
     s3 = ilab.client("s3")
 

@@ -39,15 +39,6 @@ def test_a_rollback_given_with_a_trailing_slash_drops_the_record(rlab: Lab, tmp_
     assert NOTHING not in out and tree(rlab.efs_path / "data/reefguide/k") == tree(v2), out[-3000:]
 
 
-def test_a_teardown_remove_drops_the_record(rlab: Lab, tmp_path: Path) -> None:
-    v1 = make(tmp_path / "v1", {"f": "removed then staged again\n"})
-    stage(rlab, v1, "data/reefguide/gone")
-    play(rlab, "teardown.yml", "-e", '{"remove": ["data/reefguide/gone"]}')
-    assert not (rlab.efs_path / "data/reefguide/gone").exists()
-    out = stage(rlab, v1, "data/reefguide/gone")
-    assert NOTHING not in out and tree(rlab.efs_path / "data/reefguide/gone") == tree(v1), out[-3000:]
-
-
 def test_a_mirror_of_an_ancestor_drops_the_records_below_it(rlab: Lab, tmp_path: Path) -> None:
     inner = make(tmp_path / "inner", {"x": "inner\n"})
     stage(rlab, inner, "data/reefguide/m/inner")
@@ -71,20 +62,26 @@ def test_replace_after_merge_converges(rlab: Lab, tmp_path: Path) -> None:
     assert NOTHING in stage(rlab, b, "data/reefguide/mix", "-e", "mode=replace")
 
 
-def test_a_hand_edit_on_efs_is_noticed_by_the_next_run_that_has_the_instance(rlab: Lab, tmp_path: Path) -> None:
+def test_a_teardown_drops_the_records_of_what_it_removes_and_of_a_hand_edit_on_efs(rlab: Lab, tmp_path: Path) -> None:
+    gone = make(tmp_path / "gone", {"f": "removed then staged again\n"})
+    stage(rlab, gone, "data/reefguide/gone")
     data = make(tmp_path / "hand", {"keep.txt": "staged by us\n", "sub/edit.txt": "original\n"})
     stage(rlab, data, "data/reefguide/hand")
     other = make(tmp_path / "other", {"o.txt": "not edited\n"})
     stage(rlab, other, "data/reefguide/untouched")
     # someone edits a file on EFS by hand (an SSM shell): the record still names the old bytes
     (rlab.efs_path / "data/reefguide/hand/sub/edit.txt").write_text("edited by hand\n")
-    # the next run that has the instance anyway (a teardown here) fingerprints EFS and drops that record
-    out = play(rlab, "teardown.yml")
+    # a teardown removes one destination, and (it has the instance anyway) fingerprints EFS and
+    # drops the record the hand edit made false
+    out = play(rlab, "teardown.yml", "-e", '{"remove": ["data/reefguide/gone"]}')
+    assert not (rlab.efs_path / "data/reefguide/gone").exists()
     records = live_records(rlab)
-    assert "data/reefguide/hand" not in records, out[-3000:]
+    assert "data/reefguide/gone" not in records and "data/reefguide/hand" not in records, out[-3000:]
     assert "Records dropped, EFS changed there since their release (by hand?): data/reefguide/hand" in out
     assert "data/reefguide/untouched" in records  # the one EFS still agrees with is kept
-    # so the same data stages again (before: "Nothing to do", the hand edit left live) ...
+    # so the same data stages again (before: "Nothing to do", the removal or the hand edit left live) ...
+    again = stage(rlab, gone, "data/reefguide/gone")
+    assert NOTHING not in again and tree(rlab.efs_path / "data/reefguide/gone") == tree(gone), again[-3000:]
     again = stage(rlab, data, "data/reefguide/hand")
     assert NOTHING not in again and tree(rlab.efs_path / "data/reefguide/hand") == tree(data), again[-3000:]
     # ... and the untouched destination still needs nothing

@@ -96,21 +96,3 @@ def test_teardown_check_on_a_running_instance_lists_what_would_go_and_changes_no
     assert not leftover.exists()
     assert lab.supervisor()["instances"][lab.instance_id]["ec2_state"] == "stopped"
     assert (lab.efs_path / dest / "table.csv").read_text().startswith("version 2")
-
-
-def test_each_call_gets_the_short_ssm_timeout_and_the_remote_part_the_long_budget(lab: Lab, tmp_path: Path) -> None:
-    """amazon.aws.aws_ssm gives every call the connection's ssm_timeout (then sends it again in a new
-    session): each call of the remote part is short (reefguide_ssm_call_timeout); the long steps run
-    detached under async_wrapper's time limit, the remote part's budget (reefguide_remote_timeout)."""
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "a.txt").write_text("timeout check")
-    run = run_playbook(lab.env, ROOT / "inventory" / "lab.yml", "-vvvv", "stage_data.yml", "-e", "src=%s" % src,
-                       "-e", "dest=data/reefguide/timeout-check", "-e", "reefguide_remote_timeout=7200",
-                       "-e", "reefguide_ssm_call_timeout=123")
-    assert run.returncode == 0, run.stdout[-3000:]
-    remaining = [int(n) for n in re.findall(r"EXEC remaining: (\d+) second", run.stdout)]
-    assert remaining and max(remaining) <= 123, remaining[:5]
-    # the instance's detached steps (the controller's own background tasks run from /root)
-    limits = [int(n) for n in re.findall(r"/home/ssm-user/\S+/async_wrapper\.py j\d+ (\d+) ", run.stdout)]
-    assert limits and 7000 < min(limits) and max(limits) <= 7200, limits

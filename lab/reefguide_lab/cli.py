@@ -342,7 +342,7 @@ def cmd_faults(args: argparse.Namespace) -> None:
     if not state.get("faults_pid"):
         die("this lab has no S3 fault proxy: bring it up with 'labctl up --s3-faults RATE' (RATE may be 0)")
     change: dict[str, Any] = {}
-    for name in ("rate", "kinds", "stall_seconds", "seed", "match", "max_faults"):
+    for name in ("rate", "kinds", "stall_seconds", "seed", "match", "max_faults", "latency_seconds"):
         if getattr(args, name) is not None:
             change[name] = getattr(args, name)
     if args.presigned is not None:
@@ -477,6 +477,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--match", help="regex searched in 'METHOD /path': only matching S3 requests are faulted ('' = all)")
     p.add_argument("--presigned", choices=("yes", "no"), help="fault presigned-URL requests too (default yes)")
     p.add_argument("--max-faults", type=int, help="stop after this many faults")
+    p.add_argument("--latency-seconds", type=float,
+                   help="hold every S3 request that --match (and --presigned) let through this long first")
     p.add_argument("--unlimited", action="store_true", help="no limit on the number of faults")
     p.add_argument("--reset-counters", action="store_true")
     p.set_defaults(func=cmd_faults)

@@ -39,7 +39,10 @@ matching S3 requests are faulted. `presigned: false` spares presigned-URL
 requests (the aws_ssm connection plugin's module transfers, fetched with curl).
 `max_faults` stops injecting after that many faults since the counters were
 last reset (null: no limit). Setting
-`seed` restarts the generator.
+`seed` restarts the generator. `latency_seconds` holds every S3 request that
+`match` and `presigned` let through for that long before it is forwarded (or
+faulted), as a far region or a slow link would: a transfer of a few hundred
+files then lasts seconds without the CPU of thousands.
 
 Run by `labctl up --s3-faults RATE`; stopped by `labctl down` (by pid).
 """
@@ -85,7 +88,8 @@ class Faults:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.config: dict[str, Any] = {"rate": 0.0, "kinds": list(KINDS), "stall_seconds": 2.0, "seed": 0,
-                                       "match": None, "presigned": True, "max_faults": None}
+                                       "match": None, "presigned": True, "max_faults": None,
+                                       "latency_seconds": 0.0}
         self.config["kinds"] = list(DEFAULT_KINDS)
         self.rng = random.Random(0)
         self.reset_counters()
@@ -94,7 +98,7 @@ class Faults:
 
     def reset_counters(self) -> None:
         self.counters: dict[str, Any] = {"requests": 0, "s3_requests": 0, "forwarded": 0, "faults": 0,
-                                         "by_kind": {k: 0 for k in KINDS}, "upstream_errors": 0}
+                                         "by_kind": {k: 0 for k in KINDS}, "upstream_errors": 0, "delayed": 0}
 
     def configure(self, doc: dict[str, Any]) -> None:
         """Validates first, then applies every field given (ValueError: nothing applied)."""
@@ -117,6 +121,11 @@ class Faults:
             if stall < 0:
                 raise ValueError("stall_seconds must be >= 0")
             new["stall_seconds"] = stall
+        if "latency_seconds" in doc:
+            latency = float(doc["latency_seconds"])
+            if latency < 0:
+                raise ValueError("latency_seconds must be >= 0")
+            new["latency_seconds"] = latency
         if "match" in doc:
             if doc["match"]:
                 re.compile(doc["match"])
@@ -158,6 +167,17 @@ class Faults:
             self.counters["faults"] += 1
             self.counters["by_kind"][kind] += 1
             return kind
+
+    def latency(self, method: str, path: str, s3: bool, presigned: bool) -> float:
+        """How long to hold this request before it goes on (0: not at all)."""
+        with self.lock:
+            c = self.config
+            if not s3 or c["latency_seconds"] <= 0 or (presigned and not c["presigned"]):
+                return 0.0
+            if c["match"] and not re.search(c["match"], "%s %s" % (method, path)):
+                return 0.0
+            self.counters["delayed"] += 1
+            return c["latency_seconds"]
 
     def count(self, name: str) -> None:
         with self.lock:
@@ -225,6 +245,9 @@ def make_handler(faults: Faults, upstream_host: str, upstream_port: int):
             s3, presigned = s3_identity(self.headers, url.query)
             if not s3 and not self.headers.get("Authorization") and url.path in ("/lab/faults", "/lab/status"):
                 return self.control()
+            held = faults.latency(self.command, url.path, s3, presigned)
+            if held:
+                faults.stop.wait(held)
             kind = faults.decide(self.command, url.path, s3, presigned)
             expect = self.headers.get("Expect", "").lower() == "100-continue"
             if kind is None:
