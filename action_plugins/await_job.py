@@ -38,7 +38,9 @@ class ActionModule(ActionBase):
             else:
                 status = self._execute_module(module_name="ansible.legacy.async_status", task_vars=task_vars,
                                               module_args=status_args)
-            if status.get("finished") or (status.get("failed") and not status.get("started", True)):
+            # a failed poll is final: async_status's own failures (no such job, a torn result) say
+            # finished, and a crash of async_status says nothing of the job: polling on would only wait
+            if status.get("finished") or status.get("failed"):
                 break
             if time.monotonic() >= deadline:
                 raise AnsibleActionFail("background job %s still running after %d s" % (args["jid"], args["timeout"]))
