@@ -123,8 +123,10 @@ def start_engine(direction: str, path: Path, bucket: str, endpoint: str, prog: P
     argv = [sys.executable, str(ENGINE), direction, str(path), "s3://%s/data" % bucket, "--endpoint-url", endpoint,
             "--part-size", "5MiB", "--concurrency", str(CONCURRENCY), "--progress-file", str(prog),
             "--progress-interval", "0.2", "--summary"]  # fmt: skip
+    # as a job in a terminal's foreground: a suite started in the background (bash without job
+    # control) hands its children SIGINT ignored, and the engine keeps an ignored signal ignored
     return subprocess.Popen(argv, env=dict(os.environ, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def interrupt_when(proc: subprocess.Popen, ready: Callable[[], bool], proxy: Proxy, signum: int) -> tuple[int, str]:
