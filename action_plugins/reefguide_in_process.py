@@ -28,6 +28,28 @@ from ansible.utils.vars import merge_hash
 from ansible.vars.clean import remove_internal_keys
 
 PROFILE = "legacy"  # the serialization profile of every module in library/ (none declares another)
+# The AWS services the in-process modules call (deployment_info, deployment_lock, live_manifest,
+# mgmt_instance, s3_prefix): warm_aws_models parses their models before the workers fork.
+AWS_SERVICES = ("cloudformation", "ec2", "s3", "ssm")
+
+
+def project_module_utils() -> None:
+    """The project's module_utils under ansible.module_utils, as AnsiballZ packs them."""
+    import ansible.module_utils
+
+    for extra in C.DEFAULT_MODULE_UTILS_PATH or []:
+        if extra not in ansible.module_utils.__path__:
+            ansible.module_utils.__path__.append(extra)
+
+
+def warm_aws_models() -> None:
+    """In ansible-playbook itself (callback_plugins/reefguide_preload.py): the models of
+    AWS_SERVICES parsed into the loader the modules share (module_utils/reefguide/aws.py), which
+    every task's worker, a fork, then inherits."""
+    project_module_utils()
+    from ansible.module_utils.reefguide import aws
+
+    aws.warm_loader(AWS_SERVICES)
 
 
 def _host_vars(action: ActionBase, task_vars: dict[str, Any]) -> dict[str, Any]:
@@ -61,12 +83,9 @@ def run_here(action: ActionBase, module_name: str, module_args: dict[str, Any],
     action._update_module_args(module_name, args, task_vars)
     payload = json.dumps({"ANSIBLE_MODULE_ARGS": args}, cls=get_module_encoder(PROFILE, Direction.CONTROLLER_TO_MODULE))
 
-    import ansible.module_utils
     from ansible.module_utils import basic
 
-    for extra in C.DEFAULT_MODULE_UTILS_PATH or []:  # the project's module_utils, as AnsiballZ packs them
-        if extra not in ansible.module_utils.__path__:
-            ansible.module_utils.__path__.append(extra)
+    project_module_utils()
     basic._ANSIBLE_ARGS, basic._ANSIBLE_PROFILE = payload.encode(), PROFILE
 
     out, saved, cwd = io.StringIO(), sys.stdout, os.getcwd()

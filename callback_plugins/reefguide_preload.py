@@ -23,22 +23,10 @@ description:
   - Prints nothing and changes no result.
 """
 
-import ansible.module_utils
-from ansible import constants as C
+import sys
+
 from ansible.plugins.callback import CallbackBase
-from ansible.plugins.loader import connection_loader
-
-# What deployment_info, deployment_lock, live_manifest, mgmt_instance and s3_prefix call.
-SERVICES = ("cloudformation", "ec2", "s3", "ssm")
-
-
-def warm_aws_models() -> None:
-    for extra in C.DEFAULT_MODULE_UTILS_PATH or []:  # the project's module_utils, as the in-process modules see them
-        if extra not in ansible.module_utils.__path__:
-            ansible.module_utils.__path__.append(extra)
-    from ansible.module_utils.reefguide import aws
-
-    aws.warm_loader(SERVICES)
+from ansible.plugins.loader import action_loader, connection_loader
 
 
 class CallbackModule(CallbackBase):
@@ -62,6 +50,7 @@ class CallbackModule(CallbackBase):
             return
         self.warmed = True
         try:
-            warm_aws_models()
+            in_process = sys.modules[action_loader.get("reefguide_in_process", class_only=True).__module__]
+            in_process.warm_aws_models()
         except Exception:  # noqa: BLE001 - no boto3 here, or another module_utils: each module builds its own
             pass

@@ -28,10 +28,14 @@ def stage(lab: Lab, src: Path, dest: str, *extra: str) -> str:
     return play(lab, "stage_data.yml", "-e", "src=%s" % src, "-e", "dest=%s" % dest, *extra)
 
 
-def efs_files(lab: Lab, dest: str) -> dict[str, tuple[int, str]]:
-    root = lab.efs_path / dest
+def digests(root: Path) -> dict[str, tuple[int, str]]:
+    """Each file under root, by its relative path: (size, SHA-256), as the records name them."""
     return {str(p.relative_to(root)): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
             for p in root.rglob("*") if p.is_file()} if root.is_dir() else {}
+
+
+def efs_files(lab: Lab, dest: str) -> dict[str, tuple[int, str]]:
+    return digests(lab.efs_path / dest)
 
 
 def live_records(lab: Lab) -> dict[str, dict]:

@@ -120,12 +120,15 @@ def stage_v1(lab: Lab, tmp_path: Path) -> Path:
     return v1
 
 
+def locked(lab: Lab) -> bool:
+    return lab.client("s3").list_objects_v2(Bucket=lab.bucket, Prefix="reefguide-efs/lock.json").get("KeyCount", 0) > 0
+
+
 def live_before(lab: Lab, tmp_path: Path) -> dict[str, bytes]:
     """What is live at DEST before the interrupted run: what the test before left there (each
     ends with a completed stage and the deployment unlocked), or else a version staged now."""
     live = lab.efs_path / DEST
-    if live.is_dir() and not lab.client("s3").list_objects_v2(
-            Bucket=lab.bucket, Prefix="reefguide-efs/lock.json").get("KeyCount"):
+    if live.is_dir() and not locked(lab):
         return tree(live)
     return tree(stage_v1(lab, tmp_path))
 
@@ -243,13 +246,8 @@ def test_two_stage_runs_at_once_one_is_refused(ilab: Lab, tmp_path: Path) -> Non
     """The second run is refused with the holder's name and start time; the first completes alone."""
     a = make_src(tmp_path / "a", "run-a", files=100)
     b = make_src(tmp_path / "b", "run-b", files=5)
-    s3 = ilab.client("s3")
-
-    def locked() -> bool:
-        return s3.list_objects_v2(Bucket=ilab.bucket, Prefix="reefguide-efs/lock.json").get("KeyCount", 0) > 0
-
     first = start_stage(ilab, a)
-    wait_for("the first run's lock", locked, first)
+    wait_for("the first run's lock", lambda: locked(ilab), first)
     second = run_playbook(ilab.env, INVENTORY, "stage_data.yml", "-e", "src=%s" % b, "-e", "dest=%s" % DEST)
     out, _ = first.communicate(timeout=600)
     assert first.returncode == 0, out[-3000:]
@@ -257,4 +255,4 @@ def test_two_stage_runs_at_once_one_is_refused(ilab: Lab, tmp_path: Path) -> Non
     m = re.search(r"deployment is locked by run (\S+) by (\S+@\S+) since (\d{4}-\d\d-\d\dT[\d:]+Z)", second.stdout)
     assert m, second.stdout[-3000:]
     assert tree(ilab.efs_path / DEST) == tree(a)  # nothing of the second run interleaved
-    assert not locked()
+    assert not locked(ilab)

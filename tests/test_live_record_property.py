@@ -5,7 +5,6 @@ does (docs/reliability.md, "The record of what is live"; the named scenarios are
 
 from __future__ import annotations
 
-import hashlib
 import random
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from helpers import make_tree as make
 from helpers import run_playbook
 from lab import Lab, running_lab
-from live_records import INVENTORY, NOTHING, assert_records_true, efs_files, play, stage
+from live_records import INVENTORY, NOTHING, assert_records_true, digests, efs_files, play, stage
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +51,7 @@ def test_random_sequences_of_our_operations_keep_every_record_true(rlab: Lab, tm
             src, mode = last[again]
             out = stage(rlab, src, again, "-e", "mode=%s" % mode)
             got = efs_files(rlab, again)
-            want = {str(p.relative_to(src)): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
-                    for p in src.rglob("*") if p.is_file()}
+            want = digests(src)
             if mode == "merge":
                 assert {rel: got.get(rel) for rel in want} == want, (step, again, out[-2000:])
             else:
