@@ -200,15 +200,17 @@ PULLED_FIRST = 50  # complete files in staging when the pull is killed
 def test_pull_killed_on_the_instance(ilab: Lab, tmp_path: Path) -> None:
     """SIGKILL of the sync on the instance mid-pull: live data untouched, no partial file where
     workers read, and the re-run uploads nothing and pulls only what is missing."""
-    # 20 live files: the staging clones them first, and the wait below counts more than those
-    v1 = stage_v1(ilab, tmp_path)
+    before = live_before(ilab, tmp_path)
     v2 = new_version(tmp_path)
     staging = ilab.efs_path / ".reefguide-staging" / DEST.replace("/", "%2F") / DEST
     proc = start_stage(ilab, v2)
 
-    def pulled_some() -> bool:  # complete files: a temporary still being written is not one
-        return staging.is_dir() and sum(1 for _, _, files in os.walk(staging)
-                                        for n in files if "reefguide-tmp" not in n) > PULLED_FIRST
+    def pulled_some() -> bool:
+        """Complete files the pull wrote: the staging copy's own files are hard links of the live
+        ones (two names or more), a pulled file is renamed in with one; a temporary is not one."""
+        return staging.is_dir() and sum(1 for top, _, files in os.walk(staging) for n in files
+                                        if "reefguide-tmp" not in n and os.lstat(os.path.join(top, n)).st_nlink == 1
+                                        ) > PULLED_FIRST
 
     wait_for("pull under way", pulled_some, proc)
     killed = ilab.instance_exec(["pkill", "-KILL", "-f", "[A]nsiballZ_s3_sync"])  # [A]: not pkill itself
@@ -216,7 +218,7 @@ def test_pull_killed_on_the_instance(ilab: Lab, tmp_path: Path) -> None:
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0
     assert "pull (s3_sync) failed" in out, out[-4000:]
-    assert tree(ilab.efs_path / DEST) == tree(v1)
+    assert tree(ilab.efs_path / DEST) == before
     live = [n for _, _, files in os.walk(ilab.efs_path / "data") for n in files if "reefguide-tmp" in n]
     assert live == []  # temporaries only ever in staging
     assert ec2_state(ilab) == "stopped"

@@ -2,7 +2,8 @@
 a stage of the same data either does nothing because EFS already holds it, or stages and then
 EFS holds it (docs/reliability.md, "The record of what is live"). The property test, random
 sequences of these operations, is test_live_record_property.py (a lab of its own, so the two run side
-by side)."""
+by side); a rollback given with a trailing slash dropping the record is checked by
+test_stage_reads.py's rollback test."""
 
 from __future__ import annotations
 
@@ -19,24 +20,6 @@ from live_records import NOTHING, live_records, play, stage, tree
 def rlab(tmp_path_factory):
     with running_lab(tmp_path_factory.mktemp("record-lab")) as lab:
         yield lab
-
-
-def test_two_destinations_that_used_to_share_a_key_are_staged_apart(rlab: Lab, tmp_path: Path) -> None:
-    src = make(tmp_path / "t", {"a.txt": "same tree\n"})
-    stage(rlab, src, "data/reefguide/keys/a/b")
-    out = stage(rlab, src, "data/reefguide/keys/a__b")
-    assert NOTHING not in out, out[-3000:]
-    assert tree(rlab.efs_path / "data/reefguide/keys/a__b") == tree(src)
-
-
-def test_a_rollback_given_with_a_trailing_slash_drops_the_record(rlab: Lab, tmp_path: Path) -> None:
-    v1, v2 = make(tmp_path / "v1", {"f": "1\n"}), make(tmp_path / "v2", {"f": "2\n"})
-    stage(rlab, v1, "data/reefguide/k")
-    stage(rlab, v2, "data/reefguide/k")
-    play(rlab, "rollback.yml", "-e", "dest=data/reefguide/k/")
-    assert tree(rlab.efs_path / "data/reefguide/k") == tree(v1)
-    out = stage(rlab, v2, "data/reefguide/k")
-    assert NOTHING not in out and tree(rlab.efs_path / "data/reefguide/k") == tree(v2), out[-3000:]
 
 
 def test_a_mirror_of_an_ancestor_drops_the_records_below_it(rlab: Lab, tmp_path: Path) -> None:
@@ -63,26 +46,29 @@ def test_replace_after_merge_converges(rlab: Lab, tmp_path: Path) -> None:
 
 
 def test_a_teardown_drops_the_records_of_what_it_removes_and_of_a_hand_edit_on_efs(rlab: Lab, tmp_path: Path) -> None:
+    """Also: two destinations that used to share a record's key (a/b and a__b, before 0.2) are
+    staged apart: the same tree staged at a__b after a/b is staged, not "Nothing to do"."""
     gone = make(tmp_path / "gone", {"f": "removed then staged again\n"})
-    stage(rlab, gone, "data/reefguide/gone")
+    stage(rlab, gone, "data/reefguide/keys/a/b")
     data = make(tmp_path / "hand", {"keep.txt": "staged by us\n", "sub/edit.txt": "original\n"})
     stage(rlab, data, "data/reefguide/hand")
-    other = make(tmp_path / "other", {"o.txt": "not edited\n"})
-    stage(rlab, other, "data/reefguide/untouched")
+    out = stage(rlab, gone, "data/reefguide/keys/a__b")
+    assert NOTHING not in out, out[-3000:]
+    assert tree(rlab.efs_path / "data/reefguide/keys/a__b") == tree(gone)
     # someone edits a file on EFS by hand (an SSM shell): the record still names the old bytes
     (rlab.efs_path / "data/reefguide/hand/sub/edit.txt").write_text("edited by hand\n")
     # a teardown removes one destination, and (it has the instance anyway) fingerprints EFS and
     # drops the record the hand edit made false
-    out = play(rlab, "teardown.yml", "-e", '{"remove": ["data/reefguide/gone"]}')
-    assert not (rlab.efs_path / "data/reefguide/gone").exists()
+    out = play(rlab, "teardown.yml", "-e", '{"remove": ["data/reefguide/keys/a/b"]}')
+    assert not (rlab.efs_path / "data/reefguide/keys/a/b").exists()
     records = live_records(rlab)
-    assert "data/reefguide/gone" not in records and "data/reefguide/hand" not in records, out[-3000:]
+    assert "data/reefguide/keys/a/b" not in records and "data/reefguide/hand" not in records, out[-3000:]
     assert "Records dropped, EFS changed there since their release (by hand?): data/reefguide/hand" in out
-    assert "data/reefguide/untouched" in records  # the one EFS still agrees with is kept
+    assert "data/reefguide/keys/a__b" in records  # the one EFS still agrees with is kept
     # so the same data stages again (before: "Nothing to do", the removal or the hand edit left live) ...
-    again = stage(rlab, gone, "data/reefguide/gone")
-    assert NOTHING not in again and tree(rlab.efs_path / "data/reefguide/gone") == tree(gone), again[-3000:]
+    again = stage(rlab, gone, "data/reefguide/keys/a/b")
+    assert NOTHING not in again and tree(rlab.efs_path / "data/reefguide/keys/a/b") == tree(gone), again[-3000:]
     again = stage(rlab, data, "data/reefguide/hand")
     assert NOTHING not in again and tree(rlab.efs_path / "data/reefguide/hand") == tree(data), again[-3000:]
     # ... and the untouched destination still needs nothing
-    assert NOTHING in stage(rlab, other, "data/reefguide/untouched")
+    assert NOTHING in stage(rlab, gone, "data/reefguide/keys/a__b")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from helpers import ROOT, run_playbook, tree
 from lab import Lab
+from live_records import NOTHING, live_records
 
 FILE = 256 * 1024
 INVENTORY = ROOT / "inventory" / "lab.yml"
@@ -64,7 +65,9 @@ def test_restaging_one_changed_file_reads_no_unchanged_file_from_efs(lab: Lab, t
 
 def test_a_fresh_stage_reads_nothing_and_a_rollback_is_not_mistaken_for_unchanged(lab: Lab, tmp_path: Path) -> None:
     """After a rollback the files have the old inodes: the cache (of the newer version) must not
-    answer for them, even when sizes and mtimes are equal."""
+    answer for them, even when sizes and mtimes are equal. And the rollback, its dest given with a
+    trailing slash (as a shell's completion writes it), drops the record of what was live: else the
+    next stage of v2 would say "Nothing to do" and never reach the instance."""
     v1, v2, dest = tmp_path / "v1", tmp_path / "v2", "data/reefguide/reads-rollback"
     names = make_src(v1, 4)
     lab.efs_reads(reset=True)
@@ -76,7 +79,9 @@ def test_a_fresh_stage_reads_nothing_and_a_rollback_is_not_mistaken_for_unchange
         (v2 / name).write_bytes(os.urandom(FILE))
         os.utime(v2 / name, ns=(st.st_atime_ns, st.st_mtime_ns))
     stage(lab, v2, dest)
-    roll = run_playbook(lab.env, INVENTORY, "rollback.yml", "-e", "dest=%s" % dest)
+    roll = run_playbook(lab.env, INVENTORY, "rollback.yml", "-e", "dest=%s/" % dest)
     assert roll.returncode == 0, roll.stdout[-3000:]
     assert tree(lab.efs_path / dest) == tree(v1)
-    stage(lab, v2, dest)  # compares the rolled-back v1 files with v2's: must find the two changed
+    assert dest not in live_records(lab)
+    out = stage(lab, v2, dest)  # compares the rolled-back v1 files with v2's: must find the two changed
+    assert NOTHING not in out, out[-3000:]
