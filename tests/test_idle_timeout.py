@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -22,6 +23,7 @@ from lab import Lab, running_lab
 
 INVENTORY = ROOT / "inventory" / "lab.yml"
 IDLE, STALL = 5, 4
+STUCK = 120  # seconds: a stall held until the test releases it, at the latest
 FAST_POLLS = ("-e", "reefguide_remote_poll_interval=1", "-e", "reefguide_pull_concurrency=1")
 
 
@@ -155,10 +157,13 @@ def test_a_controller_lost_mid_pull_leaves_the_pull_to_finish_and_the_next_run_w
     src = make_src(tmp_path / "src", files=6)
     dest = "data/reefguide/lost"
     transfers = ssm(strict)["module_transfers"].get("s3_sync", 0)
-    # 6 x 12 s held: the re-run must reach the pull's job record while it still runs. With 6 x 4 s,
-    # a re-run slowed by a loaded machine came after the pull had ended (seen under pytest-xdist).
-    stall_pulls(strict, 6, seconds=12)
+    # the first pull's GETs are held until the re-run has found that pull still running (an event,
+    # not a guess in seconds: held 6 x 12 s, a re-run slowed by a loaded machine still came late);
+    # STUCK only bounds a test that goes wrong
+    stall_pulls(strict, 6, seconds=STUCK)
     watcher = PullWatcher(strict)
+    again: Optional[subprocess.Popen] = None
+    bound = threading.Timer(0, lambda: None)
     try:
         env = ansible_env(strict.env)
         env["ANSIBLE_STDOUT_CALLBACK"] = "default"
@@ -171,13 +176,30 @@ def test_a_controller_lost_mid_pull_leaves_the_pull_to_finish_and_the_next_run_w
             time.sleep(0.2)
         kill_tree(first.pid)  # the controller is lost, its SSM session with it
         first.wait()
-        again = run_playbook(strict.env, INVENTORY, "stage_data.yml", "-e", "src=%s" % src, "-e", "dest=%s" % dest,
-                             "-e", "break_lock=true", "-e", "force_stop=true", *FAST_POLLS)
+        again = subprocess.Popen([str(VENV_BIN / "ansible-playbook"), "-i", str(INVENTORY), "stage_data.yml",
+                                  "-e", "src=%s" % src, "-e", "dest=%s" % dest, "-e", "break_lock=true",
+                                  "-e", "force_stop=true", *FAST_POLLS], cwd=ROOT, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # a test gone wrong (the re-run never waits) still ends: the stalls are released after STUCK
+        bound = threading.Timer(STUCK, strict.ctl, ("faults", "--release-stalls"))
+        bound.start()
+        lines = []
+        for line in again.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if "is still running on the instance" in line:  # shown as the re-run starts to wait
+                break
+        waited_in_time = bound.is_alive()
+        strict.ctl("faults", "--release-stalls")  # the first pull may go on now
+        out = "".join(lines) + again.communicate(timeout=600)[0]
     finally:
+        bound.cancel()
         most = watcher.done()
-    Path(os.environ.get("REEFGUIDE_TEST_LOG", "/dev/null")).write_text(again.stdout + again.stderr)
-    assert again.returncode == 0, again.stdout[-4000:]
-    assert "is still running on the instance" in again.stdout + again.stderr, again.stdout[-4000:]
+        if again is not None and again.poll() is None:
+            again.kill()
+        strict.ctl("faults", "--rate", "0", "--release-stalls")
+    Path(os.environ.get("REEFGUIDE_TEST_LOG", "/dev/null")).write_text(out)
+    assert again.returncode == 0, out[-4000:]
+    assert waited_in_time and "is still running on the instance" in out, out[-4000:]
     assert most == 1  # never two pulls at once
     assert stalls(strict) == 6  # the first pull went on after its controller was gone
     assert ssm(strict)["module_transfers"].get("s3_sync", 0) == transfers + 2  # the first, then the re-run's

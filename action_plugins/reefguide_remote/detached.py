@@ -199,10 +199,12 @@ class Detached:
             if finished(job_file) or not alive:
                 self.forget(job)  # it ended (or died) while no run was watching
                 continue
-            display.warning("%s (%s) of run %s, started %s, is still running on the instance (job %s): waiting "
-                            "for it to end before this run's remote work" % (job.get("step"), job.get("module"),
-                                                                           job.get("run_id"), job.get("started"),
-                                                                           job["jid"]))
+            message = ("%s (%s) of run %s, started %s, is still running on the instance (job %s): waiting "
+                       "for it to end before this run's remote work"
+                       % (job.get("step"), job.get("module"), job.get("run_id"), job.get("started"), job["jid"]))
+            # shown now (a worker's warnings are printed only when its task ends), and kept as a warning
+            display.display("  %s" % message)
+            display.warning(message)
             res = self.follow(job, lambda p, j=job: self.show_progress("%s of run %s" % (j.get("step"),
                                                                                         j.get("run_id")), p))
             waited.append({"jid": job["jid"], "step": job.get("step"), "run_id": job.get("run_id"),

@@ -351,6 +351,8 @@ def cmd_faults(args: argparse.Namespace) -> None:
         change["max_faults"] = None
     if args.reset_counters:
         change["reset_counters"] = True
+    if args.release_stalls:
+        change["release_stalls"] = True
     print(json.dumps(faults_request(state, change or None), indent=2, sort_keys=True))
 
 
@@ -481,6 +483,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="hold every S3 request that --match (and --presigned) let through this long first")
     p.add_argument("--unlimited", action="store_true", help="no limit on the number of faults")
     p.add_argument("--reset-counters", action="store_true")
+    p.add_argument("--release-stalls", action="store_true",
+                   help="end the stalls now held, and let later ones end at once until --stall-seconds is set again")
     p.set_defaults(func=cmd_faults)
     ssm_limits.add_command(sub, require_up)
     lab_workers.add_parser(sub)

@@ -32,7 +32,7 @@ Control, on the proxy itself (unsigned requests only, so no S3 key is shadowed):
     POST /lab/faults         JSON, every field optional:
          {"rate": 0.1, "kinds": ["500", "503", "reset", "stall"], "stall_seconds": 2,
           "seed": 1, "match": "^GET /bucket/prefix/", "presigned": true,
-          "max_faults": null, "reset_counters": true}
+          "max_faults": null, "reset_counters": true, "release_stalls": true}
 
 `match` is a regular expression searched in "METHOD /path" (no query): only
 matching S3 requests are faulted. `presigned: false` spares presigned-URL
@@ -42,7 +42,10 @@ last reset (null: no limit). Setting
 `seed` restarts the generator. `latency_seconds` holds every S3 request that
 `match` and `presigned` let through for that long before it is forwarded (or
 faulted), as a far region or a slow link would: a transfer of a few hundred
-files then lasts seconds without the CPU of thousands.
+files then lasts seconds without the CPU of thousands. `release_stalls` ends
+every stall now held (its connection is reset) and lets later stalls end at
+once, until `stall_seconds` is set again: a test holds a request "until the
+thing it waits for has happened" rather than for a guessed number of seconds.
 
 Run by `labctl up --s3-faults RATE`; stopped by `labctl down` (by pid).
 """
@@ -87,6 +90,7 @@ class Faults:
                  seed: int = 0) -> None:
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        self.released = threading.Event()  # stalls end now (release_stalls), until stall_seconds is set again
         self.config: dict[str, Any] = {"rate": 0.0, "kinds": list(KINDS), "stall_seconds": 2.0, "seed": 0,
                                        "match": None, "presigned": True, "max_faults": None,
                                        "latency_seconds": 0.0}
@@ -142,6 +146,10 @@ class Faults:
                 self.rng = random.Random(new["seed"])
             if doc.get("reset_counters"):
                 self.reset_counters()
+            if "stall_seconds" in doc:
+                self.released.clear()
+            if doc.get("release_stalls"):
+                self.released.set()
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
@@ -256,7 +264,7 @@ def make_handler(faults: Faults, upstream_host: str, upstream_port: int):
             if kind == "reset":
                 return self.reset()
             if kind == "stall":
-                faults.stop.wait(faults.config["stall_seconds"])
+                faults.released.wait(faults.config["stall_seconds"])
                 return self.reset()
             if kind == "drop":
                 return self.forward(expect, drop=True)
@@ -465,6 +473,7 @@ def main() -> None:
 
     def stop(*_: Any) -> None:
         faults.stop.set()
+        faults.released.set()
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
