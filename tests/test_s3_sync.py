@@ -9,6 +9,7 @@ pid."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import http.server
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -604,47 +606,72 @@ def test_pull_rejects_content_that_does_not_match_its_sha256(moto: Server, tmp_p
     assert snapshot(dest) == {}
 
 
-def _progress(path: Path) -> dict:
+@contextlib.contextmanager
+def held(server: Server, match: str, seconds: float) -> Iterator[str]:
+    """The lab's S3 proxy (lab/reefguide_lab/faults.py) in front of server, holding each request that
+    matches `match` for `seconds`, as a slow link would; yields its endpoint."""
+    port = _free_port()
+    argv = [sys.executable, "-m", "reefguide_lab.faults", "--port", str(port),
+            "--upstream-port", server.endpoint.rsplit(":", 1)[1]]
+    log = Path(tempfile.mkdtemp()) / "proxy.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=dict(os.environ, PYTHONPATH=str(ROOT / "lab")))
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+        control = "http://127.0.0.1:%d/lab/faults" % port
+        for _ in range(300):
+            try:
+                req = urllib.request.Request(control, data=json.dumps({"latency_seconds": seconds, "match": match})
+                                             .encode(), method="POST")
+                urllib.request.urlopen(req, timeout=2).close()
+                break
+            except OSError:
+                assert proc.poll() is None, log.read_text(errors="replace")
+                time.sleep(0.05)
+        yield "http://127.0.0.1:%d" % port
+    finally:
+        _stop(proc)
+        shutil.rmtree(log.parent, ignore_errors=True)
 
 
 def test_interrupted_pull_leaves_no_partial_file_and_rerun_completes(
     moto: Server, tmp_path: Path, aws_env: dict[str, str]
 ) -> None:
     src = tmp_path / "src"
-    for i in range(5):
-        write(src / ("small%d.txt" % i), b"small %d" % i)
+    smalls = ["small%d.txt" % i for i in range(5)]
+    for i, name in enumerate(smalls):
+        write(src / name, b"small %d" % i)
     write(src / "big.bin", os.urandom(160 * MiB))
     bucket = moto.new_bucket()
     engine(moto, "push", src, bucket, part_size=16 * MiB)
 
     dest = tmp_path / "dest"
-    progress = tmp_path / "progress.json"
-    argv = [sys.executable, str(ENGINE), "pull", str(dest), "s3://%s/data" % bucket, "--endpoint-url", moto.endpoint,
-            "--part-size", "5MiB", "--concurrency", "2", "--progress-file", str(progress),
-            "--progress-interval", "0.2"]  # fmt: skip
-    proc = subprocess.Popen(argv, env=dict(os.environ, **aws_env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        while proc.poll() is None:
-            state = _progress(progress)
-            if state.get("files_done", 0) >= 5 and 0 < state.get("bytes_done", 0):
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "the pull finished before it could be interrupted: make big.bin larger"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
+    # each of big.bin's 32 part reads held 1 s, at 2 at a time: the small files are done seconds
+    # before big.bin can be, however busy the machine (before: a race that a loaded machine lost)
+    with held(moto, r"^GET /%s/data/big\.bin$" % bucket, 1.0) as endpoint:
+        argv = [sys.executable, str(ENGINE), "pull", str(dest), "s3://%s/data" % bucket, "--endpoint-url", endpoint,
+                "--part-size", "5MiB", "--concurrency", "2"]  # fmt: skip
+        proc = subprocess.Popen(argv, env=dict(os.environ, **aws_env), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        try:
+            def under_way() -> bool:  # the small files in place, big.bin begun in its temporary
+                names = os.listdir(dest) if dest.is_dir() else []
+                return set(smalls) <= set(names) and any(n.startswith(".big.bin.reefguide-tmp-") for n in names)
+
+            while proc.poll() is None and not under_way():
+                time.sleep(0.01)
+            assert proc.poll() is None, "the pull finished before it could be interrupted"
             os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
 
     names = os.listdir(dest)
     assert "big.bin" not in names  # never visible under its final name while partial
     temporaries = [n for n in names if TMP_RE.match(n)]
     assert len(temporaries) == 1 and temporaries[0].startswith(".big.bin.reefguide-tmp-")
-    assert sorted(set(names) - set(temporaries)) == ["small%d.txt" % i for i in range(5)]
+    assert sorted(set(names) - set(temporaries)) == smalls
 
     rerun = engine(moto, "pull", dest, bucket)
     assert rerun["transferred"]["files"] == 1 and rerun["plan"]["download"]["first"] == ["big.bin"]
