@@ -24,6 +24,7 @@ class Lab:
     def __init__(self, directory: Path) -> None:
         self.dir = Path(directory)
         self.base_env = dict(os.environ, REEFGUIDE_LAB_DIR=str(self.dir))
+        self._clients: dict[tuple[str, str], Any] = {}
 
     # -- life cycle ------------------------------------------------------------
     def ctl(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -79,12 +80,11 @@ class Lab:
         """A boto3 client of the lab, one per service and endpoint: tests call this in wait loops,
         and a new client costs 0.05-0.25 s of CPU."""
         endpoint = self.env["AWS_ENDPOINT_URL_SSM"] if service == "ssm" else self.env["AWS_ENDPOINT_URL"]
-        clients = self.__dict__.setdefault("_clients", {})
-        if (service, endpoint) not in clients:
-            clients[service, endpoint] = boto3.client(
+        if (service, endpoint) not in self._clients:
+            self._clients[service, endpoint] = boto3.client(
                 service, endpoint_url=endpoint, region_name=self.env["AWS_REGION"],
                 aws_access_key_id="testing", aws_secret_access_key="testing")
-        return clients[service, endpoint]
+        return self._clients[service, endpoint]
 
     def start_instance(self, wait_online: bool = True, timeout: float = 60) -> None:
         self.ctl("start")

@@ -18,7 +18,7 @@ from typing import Optional
 
 import pytest
 
-from helpers import ROOT, VENV_BIN, ansible_env, run_playbook, tree
+from helpers import ROOT, playbook_command, run_playbook, tree
 from lab import Lab, running_lab
 
 INVENTORY = ROOT / "inventory" / "lab.yml"
@@ -163,25 +163,21 @@ def test_a_controller_lost_mid_pull_leaves_the_pull_to_finish_and_the_next_run_w
     stall_pulls(strict, 6, seconds=STUCK)
     watcher = PullWatcher(strict)
     again: Optional[subprocess.Popen] = None
-    bound = threading.Timer(0, lambda: None)
+    # a test gone wrong (the re-run never waits) still ends: the stalls are released after STUCK
+    bound = threading.Timer(STUCK, strict.ctl, ("faults", "--release-stalls"))
+    stage = ("stage_data.yml", "-e", "src=%s" % src, "-e", "dest=%s" % dest, *FAST_POLLS)
     try:
-        env = ansible_env(strict.env)
-        env["ANSIBLE_STDOUT_CALLBACK"] = "default"
-        first = subprocess.Popen([str(VENV_BIN / "ansible-playbook"), "-i", str(INVENTORY), "stage_data.yml",
-                                  "-e", "src=%s" % src, "-e", "dest=%s" % dest, *FAST_POLLS], cwd=ROOT, env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        argv, env = playbook_command(strict.env, INVENTORY, *stage)
+        first = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
         deadline = time.time() + 180
         while not (watcher.most and stalls(strict) >= 1):
             assert first.poll() is None and time.time() < deadline, "the first run never reached its pull"
             time.sleep(0.2)
         kill_tree(first.pid)  # the controller is lost, its SSM session with it
         first.wait()
-        again = subprocess.Popen([str(VENV_BIN / "ansible-playbook"), "-i", str(INVENTORY), "stage_data.yml",
-                                  "-e", "src=%s" % src, "-e", "dest=%s" % dest, "-e", "break_lock=true",
-                                  "-e", "force_stop=true", *FAST_POLLS], cwd=ROOT, env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        # a test gone wrong (the re-run never waits) still ends: the stalls are released after STUCK
-        bound = threading.Timer(STUCK, strict.ctl, ("faults", "--release-stalls"))
+        argv, env = playbook_command(strict.env, INVENTORY, *stage, "-e", "break_lock=true", "-e", "force_stop=true")
+        again = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         bound.start()
         lines = []
         for line in again.stdout:  # type: ignore[union-attr]

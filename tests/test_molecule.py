@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from helpers import ROOT, VENV_BIN
-from lab import Lab
+from lab import Lab, running_lab
 
 # update first: it stages the whole of data/reefguide and diffs it against its source, which a
 # data package staged before it would break
@@ -22,11 +22,8 @@ SCENARIOS = ["update", "stage", "failure", "check", "teardown"]
 
 @pytest.fixture(scope="module")
 def mlab(tmp_path_factory):
-    lab = Lab(tmp_path_factory.mktemp("molecule-lab")).up("--boot-delay", "1")
-    try:
+    with running_lab(tmp_path_factory.mktemp("molecule-lab")) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

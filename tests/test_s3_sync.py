@@ -92,9 +92,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(argv: list[str], port: int, log: Path) -> subprocess.Popen:
+def _start(argv: list[str], port: int, log: Path, env: Optional[dict[str, str]] = None) -> subprocess.Popen:
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     for _ in range(300):
         if proc.poll() is not None:
             raise RuntimeError("%s exited early: %s" % (argv[0], log.read_text(errors="replace")))
@@ -607,31 +607,20 @@ def test_pull_rejects_content_that_does_not_match_its_sha256(moto: Server, tmp_p
 
 
 @contextlib.contextmanager
-def held(server: Server, match: str, seconds: float) -> Iterator[str]:
+def held(server: Server, match: str, seconds: float, log: Path) -> Iterator[str]:
     """The lab's S3 proxy (lab/reefguide_lab/faults.py) in front of server, holding each request that
     matches `match` for `seconds`, as a slow link would; yields its endpoint."""
     port = _free_port()
-    argv = [sys.executable, "-m", "reefguide_lab.faults", "--port", str(port),
-            "--upstream-port", server.endpoint.rsplit(":", 1)[1]]
-    log = Path(tempfile.mkdtemp()) / "proxy.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=dict(os.environ, PYTHONPATH=str(ROOT / "lab")))
+    proc = _start([sys.executable, "-m", "reefguide_lab.faults", "--port", str(port),
+                   "--upstream-port", server.endpoint.rsplit(":", 1)[1]], port, log,
+                  env=dict(os.environ, PYTHONPATH=str(ROOT / "lab")))
     try:
-        control = "http://127.0.0.1:%d/lab/faults" % port
-        for _ in range(300):
-            try:
-                req = urllib.request.Request(control, data=json.dumps({"latency_seconds": seconds, "match": match})
-                                             .encode(), method="POST")
-                urllib.request.urlopen(req, timeout=2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, log.read_text(errors="replace")
-                time.sleep(0.05)
+        setting = json.dumps({"latency_seconds": seconds, "match": match}).encode()
+        urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:%d/lab/faults" % port, data=setting,
+                                                      method="POST"), timeout=10).close()
         yield "http://127.0.0.1:%d" % port
     finally:
         _stop(proc)
-        shutil.rmtree(log.parent, ignore_errors=True)
 
 
 def test_interrupted_pull_leaves_no_partial_file_and_rerun_completes(
@@ -648,7 +637,7 @@ def test_interrupted_pull_leaves_no_partial_file_and_rerun_completes(
     dest = tmp_path / "dest"
     # each of big.bin's 32 part reads held 1 s, at 2 at a time: the small files are done seconds
     # before big.bin can be, however busy the machine (before: a race that a loaded machine lost)
-    with held(moto, r"^GET /%s/data/big\.bin$" % bucket, 1.0) as endpoint:
+    with held(moto, r"^GET /%s/data/big\.bin$" % bucket, 1.0, tmp_path / "proxy.log") as endpoint:
         argv = [sys.executable, str(ENGINE), "pull", str(dest), "s3://%s/data" % bucket, "--endpoint-url", endpoint,
                 "--part-size", "5MiB", "--concurrency", "2"]  # fmt: skip
         proc = subprocess.Popen(argv, env=dict(os.environ, **aws_env), stdout=subprocess.DEVNULL,

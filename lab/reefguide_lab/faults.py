@@ -155,6 +155,13 @@ class Faults:
         with self.lock:
             return {"config": dict(self.config), "counters": json.loads(json.dumps(self.counters))}
 
+    def _applies(self, method: str, path: str, presigned: bool) -> bool:
+        """Whether `match` and `presigned` let this S3 request be faulted or held (under self.lock)."""
+        c = self.config
+        if presigned and not c["presigned"]:
+            return False
+        return not c["match"] or re.search(c["match"], "%s %s" % (method, path)) is not None
+
     def decide(self, method: str, path: str, s3: bool, presigned: bool) -> Optional[str]:
         """The fault for this request, or None to forward it."""
         with self.lock:
@@ -163,9 +170,7 @@ class Faults:
             if not s3:
                 return None
             self.counters["s3_requests"] += 1
-            if c["rate"] <= 0 or (presigned and not c["presigned"]):
-                return None
-            if c["match"] and not re.search(c["match"], "%s %s" % (method, path)):
+            if c["rate"] <= 0 or not self._applies(method, path, presigned):
                 return None
             if c["max_faults"] is not None and self.counters["faults"] >= c["max_faults"]:
                 return None
@@ -180,9 +185,7 @@ class Faults:
         """How long to hold this request before it goes on (0: not at all)."""
         with self.lock:
             c = self.config
-            if not s3 or c["latency_seconds"] <= 0 or (presigned and not c["presigned"]):
-                return 0.0
-            if c["match"] and not re.search(c["match"], "%s %s" % (method, path)):
+            if not s3 or c["latency_seconds"] <= 0 or not self._applies(method, path, presigned):
                 return 0.0
             self.counters["delayed"] += 1
             return c["latency_seconds"]
