@@ -7,7 +7,17 @@ plugin; imported in the parent, it is inherited by every fork instead of being
 imported again by each (about 0.12 s of CPU per task of a run over SSM). The
 modules that run inside the worker (action_plugins/reefguide_in_process.py)
 build their clients from that loader: 0.015 s a client instead of 0.05-0.25 s
-(module_utils/reefguide/aws.py)."""
+(module_utils/reefguide/aws.py).
+
+It also parses the Python of the modules that go to the instance once: Ansible
+builds each module's payload (AnsiballZ) in the worker that runs it, parsing the
+module and every module_utils file it imports (91 files, about 2.3 s of CPU a
+stage) although the same files serve every module of the run. Parsed in the
+parent and kept by content, the workers find them parsed.
+
+All this is frozen out of the garbage collector's reach at each play's start
+(gc.freeze, Python's advice before forking): a worker's collections would
+otherwise walk every object it inherited, and copy the pages they touch."""
 
 from __future__ import annotations
 
@@ -20,13 +30,28 @@ description:
     per-task worker processes inherit it instead of importing it each.
   - Parses the models of the AWS services the controller-side modules call into the
     botocore loader they share, so each worker inherits them parsed.
+  - Parses the modules sent to the instance, and the module_utils they import, once per run
+    instead of once per module in each worker that builds a payload.
+  - Freezes what is alive at each play's start out of the garbage collector's reach, so the
+    forked workers do not walk it.
   - Prints nothing and changes no result.
 """
 
+import datetime
+import gc
+import glob
+import io
+import os
 import sys
+import zipfile
 
+from ansible import constants as C
 from ansible.plugins.callback import CallbackBase
-from ansible.plugins.loader import action_loader, connection_loader
+from ansible.plugins.loader import action_loader, connection_loader, module_loader
+
+# Ansible's own modules that a run of ours sends beside the project's: async_wrapper runs each
+# detached step, async_status follows it.
+SENT_WITH_OURS = ("async_wrapper", "async_status")
 
 
 class CallbackModule(CallbackBase):
@@ -42,15 +67,70 @@ class CallbackModule(CallbackBase):
         except Exception:  # noqa: BLE001 - a missing collection is reported by the task that needs it
             pass
         self.warmed = False
+        self.parse_once = _parse_module_ast_once()
 
     def v2_playbook_on_play_start(self, play):
         # a play on the controller alone (molecule's create and verify, a test's set-up) calls no
-        # AWS module in the worker: the parse (0.5 s) is for plays on a deployment
-        if self.warmed or all(h in ("localhost", "127.0.0.1") for h in (play.hosts or [])):
-            return
-        self.warmed = True
+        # AWS module in the worker and sends none: the parses (1 s) are for plays on a deployment
+        if not self.warmed and not all(h in ("localhost", "127.0.0.1") for h in (play.hosts or [])):
+            self.warmed = True
+            if self.parse_once:
+                _parse_sent_modules()
+            try:
+                in_process = sys.modules[action_loader.get("reefguide_in_process", class_only=True).__module__]
+                in_process.warm_aws_models()
+            except Exception:  # noqa: BLE001 - no boto3 here, or another module_utils: each module builds its own
+                pass
+        # What is alive now lives as long as the run. Frozen, it is out of the collector's reach, so a
+        # worker forked from here neither scans it nor copies its pages by touching it (about 2 s of
+        # CPU a stage)
+        gc.freeze()
+
+
+def _parse_module_ast_once() -> bool:
+    """Keeps each parse of module_common._compile_module_ast, keyed by name and source text, so a
+    file is parsed once per run, whatever module imports it. The tree is only read afterwards
+    (ModuleDepFinder visits it). False when this ansible-core has no such function."""
+    try:
+        from ansible.executor import module_common
+        parse = module_common._compile_module_ast
+    except (ImportError, AttributeError):
+        return False
+    if getattr(parse, "parsed", None) is not None:
+        return True
+    parsed: dict = {}
+
+    def parse_once(module_name, source_code):
+        key = (module_name, bytes(source_code))
+        tree = parsed.get(key)
+        if tree is None:
+            tree = parsed[key] = parse(module_name, source_code)
+        return tree
+
+    parse_once.parsed = parsed
+    module_common._compile_module_ast = parse_once
+    return True
+
+
+def _parse_sent_modules() -> None:
+    """Walks the imports of every module in the library path and of SENT_WITH_OURS, as the
+    payload builder does, into a payload that is thrown away: their parses stay for the forks."""
+    from ansible._internal._ansiballz import _builder
+    from ansible.executor import module_common
+
+    paths = [os.path.join(d, "*.py") for d in C.DEFAULT_MODULE_PATH if os.path.isdir(d)]
+    modules = {os.path.basename(f)[:-3]: f for p in paths for f in glob.glob(p)}
+    for name in SENT_WITH_OURS:
+        found = module_loader.find_plugin(name)
+        if found:
+            modules[name] = found
+    extensions = _builder.ExtensionManager.create(task_vars={})
+    now = datetime.datetime.now()
+    for name, path in sorted(modules.items()):
         try:
-            in_process = sys.modules[action_loader.get("reefguide_in_process", class_only=True).__module__]
-            in_process.warm_aws_models()
-        except Exception:  # noqa: BLE001 - no boto3 here, or another module_utils: each module builds its own
-            pass
+            with open(path, "rb") as fh:
+                source = fh.read()
+            with zipfile.ZipFile(io.BytesIO(), mode="w") as throwaway:
+                module_common.recursive_finder(name, "ansible.legacy." + name, source, throwaway, now, extensions)
+        except Exception:  # noqa: BLE001 - not a module the builder takes: its worker parses it as ever
+            continue
