@@ -12,6 +12,8 @@ description:
     the instance C(Online) (so an SSM session can be opened). From C(stopping) it first waits for
     C(stopped). V(stopped) stops the instance and waits for C(stopped).
   - The instance is never terminated; a C(terminated) or C(shutting-down) instance is refused.
+  - With O(wait=false) it returns as soon as EC2 has the request; a stage asks for the start, uploads
+    while the instance boots, then waits with a second call (the defaults).
   - Returns the state before and after and whether this call started or stopped it, so a play can
     put back the state it found.
   - Runs on the controller.
@@ -27,6 +29,13 @@ options:
     type: str
     choices: [running, stopped]
     default: running
+  wait:
+    description: >-
+      Wait for the state asked for (C(running), and Online in SSM with O(wait_online)). V(false)
+      returns once EC2 has the request (from C(stopping), once it is C(stopped) and the start is
+      asked), with RV(state_after) the state EC2 reports then.
+    type: bool
+    default: true
   wait_online:
     description: With V(running), also wait until SSM reports the instance Online.
     type: bool
@@ -78,7 +87,7 @@ state_after:
 started_by_this_call:
   description: >-
     Whether this call started the instance. (Not named C(started): async_status reads that key as
-    "still running", and this module is run async while the upload goes on.)
+    "still running" when the module is run async.)
   returned: always
   type: bool
 stopped_by_this_call:
@@ -176,6 +185,7 @@ def main() -> None:
     spec = dict(
         instance_id=dict(type="str", required=True),
         state=dict(type="str", default="running", choices=["running", "stopped"]),
+        wait=dict(type="bool", default=True),
         wait_online=dict(type="bool", default=True),
         wait_timeout=dict(type="int", default=600),
         online_timeout=dict(type="int", default=300),
@@ -203,6 +213,9 @@ def main() -> None:
         if needs_start:
             power.call("start")
             result["started_by_this_call"] = True
+        if not module.params["wait"]:
+            module.exit_json(changed=needs_start, state_after=power.state(), seconds=round(time.time() - power.t0, 1),
+                             **result)
         after = power.wait_for("running")
         if module.params["wait_online"]:
             result["ping_status"] = power.wait_online()
@@ -216,6 +229,9 @@ def main() -> None:
     if needs_stop:
         power.call("stop")
         result["stopped_by_this_call"] = True
+    if not module.params["wait"]:
+        module.exit_json(changed=needs_stop, state_after=power.state(), seconds=round(time.time() - power.t0, 1),
+                         **result)
     after = power.wait_for("stopped")
     module.exit_json(changed=needs_stop, state_after=after, seconds=round(time.time() - power.t0, 1), **result)
 

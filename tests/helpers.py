@@ -96,7 +96,7 @@ def run_module(
 
 
 def has_action_of_its_own(module: str) -> bool:
-    """True when an action plugin does the module's work (await_job, efs_session); one that only
+    """True when an action plugin does the module's work (efs_session); one that only
     runs the module in the worker (reefguide_in_process) does not count."""
     path = ROOT / "action_plugins" / (module + ".py")
     return path.exists() and "reefguide_in_process" not in path.read_text()

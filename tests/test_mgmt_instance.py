@@ -27,6 +27,17 @@ def test_start_waits_for_online_and_reports_what_it_did(lab: Lab) -> None:
         assert lab.online()
         again = power(lab, "running")
         assert again["changed"] is False and again["started_by_this_call"] is False
+        # what a stage does: ask for the start, upload while it boots, then wait with a second call
+        lab.stop_instance()
+        lab.set_boot_delay(600)  # not Online until the test shortens it
+        asked = power(lab, "running", wait=False)
+        assert asked["changed"] and asked["started_by_this_call"] and asked["state_before"] == "stopped"
+        assert asked["ping_status"] is None and not lab.online(), asked  # it returned without waiting
+        assert lab.supervisor()["instances"][lab.instance_id]["ec2_state"] in ("pending", "running")
+        lab.set_boot_delay(1)
+        waited = power(lab, "running")
+        assert waited["ping_status"] == "Online" and waited["state_after"] == "running" and lab.online()
+        assert waited["started_by_this_call"] is False and waited["changed"] is False  # the first call started it
     finally:
         lab.set_boot_delay(1)
 
