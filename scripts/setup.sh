@@ -31,8 +31,6 @@ stamp=.venv/.requirements.sha256
 want="$(sha256sum requirements.txt | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing pinned Python packages (requirements.txt)"
-  # --no-compile: Python writes the bytecode of what is imported on first use; compiling every
-  # file up front (the ansible package alone holds thousands never imported here) took 45-50 s
-  .venv/bin/pip install -q --no-compile --disable-pip-version-check -r requirements.txt
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
   echo "$want" > "$stamp"
 fi
