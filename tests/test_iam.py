@@ -155,5 +155,5 @@ def test_a_missing_permission_fails_clearly_and_leaves_the_instance_stopped(
         lab_iam.put_policy(iam, user, full)
     assert run.returncode != 0
     assert words in run.stdout, run.stdout[-4000:]
-    assert ec2_state(lab) == "stopped"
+    assert ec2_state(lab) == "stopped", run.stdout[-3000:]
     assert (sorted(p.name for p in live.iterdir()) if live.is_dir() else None) == before  # live data untouched

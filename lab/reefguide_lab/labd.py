@@ -71,6 +71,7 @@ class Supervisor:
         self.wake = threading.Event()
         self.active_until = 0.0
         self.last_poll = 0.0
+        self.applied_poll = 0.0  # when the poll whose answer the records hold began
         self.limits = limits or SessionLimits(0, 0)  # Session Manager's idle timeout and max duration
 
     # -- instance life cycle -------------------------------------------------
@@ -142,13 +143,18 @@ class Supervisor:
                 traceback.print_exc()
 
     def poll_once(self) -> None:
-        self.last_poll = time.monotonic()
+        started = self.last_poll = time.monotonic()
         states: dict[str, str] = {}
         for page in self.ec2_client().get_paginator("describe_instances").paginate():
             for res in page["Reservations"]:
                 for i in res["Instances"]:
                     states[i["InstanceId"]] = i["State"]["Name"]
         with self.lock:
+            # the background poll and an on-demand one can overlap: an answer older than the one
+            # applied is dropped, or it could say running of an instance stopped since (and boot it)
+            if started < self.applied_poll:
+                return
+            self.applied_poll = started
             for iid, ec2_state in states.items():
                 rec = self.instances.setdefault(iid, {"init_pid": None, "running_since": None, "registered": False})
                 if rec.get("ec2_state") != ec2_state:
