@@ -49,9 +49,9 @@ from ansible import constants as C
 from ansible.plugins.callback import CallbackBase
 from ansible.plugins.loader import action_loader, connection_loader, module_loader
 
-# Ansible's own modules that a run of ours sends beside the project's: async_wrapper runs each
-# detached step, async_status follows it.
-SENT_WITH_OURS = ("async_wrapper", "async_status")
+# Ansible's own module that a run of ours sends beside the project's: async_wrapper runs each
+# detached step (detached.py follows it with shell commands, not async_status).
+SENT_WITH_OURS = ("async_wrapper",)
 
 
 class CallbackModule(CallbackBase):

@@ -213,12 +213,12 @@ def main() -> None:
         if needs_start:
             power.call("start")
             result["started_by_this_call"] = True
-        if not module.params["wait"]:
-            module.exit_json(changed=needs_start, state_after=power.state(), seconds=round(time.time() - power.t0, 1),
-                             **result)
-        after = power.wait_for("running")
-        if module.params["wait_online"]:
-            result["ping_status"] = power.wait_online()
+        if module.params["wait"]:
+            after = power.wait_for("running")
+            if module.params["wait_online"]:
+                result["ping_status"] = power.wait_online()
+        else:
+            after = power.state()  # EC2 has the request; a later call waits
         module.exit_json(changed=needs_start, state_after=after, seconds=round(time.time() - power.t0, 1), **result)
 
     needs_stop = before in ("running", "pending")
@@ -229,10 +229,7 @@ def main() -> None:
     if needs_stop:
         power.call("stop")
         result["stopped_by_this_call"] = True
-    if not module.params["wait"]:
-        module.exit_json(changed=needs_stop, state_after=power.state(), seconds=round(time.time() - power.t0, 1),
-                         **result)
-    after = power.wait_for("stopped")
+    after = power.wait_for("stopped") if module.params["wait"] else power.state()
     module.exit_json(changed=needs_stop, state_after=after, seconds=round(time.time() - power.t0, 1), **result)
 
 
