@@ -39,10 +39,11 @@ from .state import admin_credentials, lab_dir, load
 
 # EC2 states are polled every POLL seconds while the lab is in use (an SSM call, a lab
 # command or an instance change in the last ACTIVE_SECONDS), else every POLL_IDLE: an idle
-# lab's polling cost a test suite 6% of a core per lab. Every call polls first unless a poll is
-# less than FRESH old, so answers are never older than that; the background polls only catch
-# what nobody asks about (an instance stopped: its processes halted, its sessions ended), and
-# at 0.2 s they cost 28 ms of CPU a second per lab in use (labd's and moto's), 1.0 s a fifth.
+# lab's polling cost a test suite 6% of a core per lab. Every call polls first unless the answer
+# held is from a poll begun less than FRESH ago, so answers are never older than that; the
+# background polls only catch what nobody asks about (an instance stopped: its processes
+# halted, its sessions ended), and at 0.2 s they cost 28 ms of CPU a second per lab in use
+# (labd's and moto's), 1.0 s a fifth.
 FRESH = 0.2
 POLL = 1.0
 POLL_IDLE = 2.0
@@ -70,7 +71,6 @@ class Supervisor:
         self.stop_event = threading.Event()
         self.wake = threading.Event()
         self.active_until = 0.0
-        self.last_poll = 0.0
         self.applied_poll = 0.0  # when the poll whose answer the records hold began
         self.limits = limits or SessionLimits(0, 0)  # Session Manager's idle timeout and max duration
 
@@ -135,15 +135,17 @@ class Supervisor:
         self.active_until = now + ACTIVE_SECONDS
 
     def fresh(self) -> None:
-        """Poll now unless a poll has just happened: what labd answers is never older than FRESH."""
-        if time.monotonic() - self.last_poll > FRESH:
+        """Poll now unless the answer held is from a poll begun within FRESH: what labd answers is
+        never older than FRESH (a poll still in flight does not count: under load it can take
+        seconds, and the answer held meanwhile is the one before it)."""
+        if time.monotonic() - self.applied_poll > FRESH:
             try:
                 self.poll_once()
             except Exception:  # an answer from the last poll beats none
                 traceback.print_exc()
 
     def poll_once(self) -> None:
-        started = self.last_poll = time.monotonic()
+        started = time.monotonic()
         states: dict[str, str] = {}
         for page in self.ec2_client().get_paginator("describe_instances").paginate():
             for res in page["Reservations"]:
