@@ -14,6 +14,9 @@ description:
   - Every path is relative to O(root) and must lie under one of O(allowed_roots) (the tool's own
     staging and releases areas are always allowed). C(..), absolute paths and paths whose parent
     directories are symlinks leading elsewhere are refused before anything is deleted.
+  - Whatever O(allowed_roots) says, the workers' root C(data/reefguide), every directory holding it
+    (C(data)) and their C(cache/) with what is in it are never removed, whether named or reached
+    through symlinked parents; only the cache itself may be emptied.
   - A symlink is removed as a link; its target is never followed or touched.
   - Runs on the instance, with become.
 version_added: "0.1.0"
@@ -96,7 +99,13 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.reefguide.fs import FreedBytes, remove_tree
-from ansible.module_utils.reefguide.layout import RELEASES_DIR, STAGING_DIR, WORKERS_ROOT, efs_root_problem
+from ansible.module_utils.reefguide.layout import (
+    RELEASES_DIR,
+    STAGING_DIR,
+    WORKERS_ROOT,
+    efs_root_problem,
+    removal_problem,
+)
 from ansible.module_utils.reefguide.paths import (
     UnsafePathError,
     human_bytes,
@@ -106,14 +115,21 @@ from ansible.module_utils.reefguide.paths import (
 )
 
 
-def check_path(root: str, rel: str, allowed: list[str]) -> str:
-    """The absolute path for rel, or UnsafePathError."""
+def check_path(root: str, rel: str, allowed: list[str], emptying: bool = False) -> str:
+    """The absolute path for rel, or UnsafePathError. The workers' root, their cache and what holds
+    them are refused as named and as reached through symlinked parents, whatever the allowed roots."""
     norm = safe_relpath(rel, "path")
     if not any(norm == a or norm.startswith(a.rstrip("/") + "/") for a in allowed):
         raise UnsafePathError("%r is outside the allowed roots (%s)" % (rel, ", ".join(allowed)))
     path = safe_join(root, norm)
     if not parents_within(root, path):
         raise UnsafePathError("%r: a parent directory is a symlink leading out of %s" % (rel, root))
+    reached = os.path.relpath(os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path)),
+                              os.path.realpath(root))
+    for name in dict.fromkeys((norm, reached)):
+        problem = removal_problem(name, emptying)
+        if problem:
+            raise UnsafePathError(problem if name == norm else "%r leads through a symlink to %s" % (rel, problem))
     return path
 
 
@@ -166,7 +182,7 @@ def main() -> None:
     # Check every path before deleting any.
     try:
         removals = [(rel, check_path(root, rel, allowed)) for rel in p["remove"]]
-        empties = [(rel, check_path(root, rel, allowed)) for rel in p["empty"]]
+        empties = [(rel, check_path(root, rel, allowed, emptying=True)) for rel in p["empty"]]
     except UnsafePathError as exc:
         module.fail_json(msg="refused, nothing deleted: %s" % exc)
     for rel, path in empties:

@@ -116,6 +116,22 @@ def test_wrong_deployment_settings_are_refused_before_anything_starts(
     assert lab.supervisor()["instances"][lab.instance_id]["ec2_state"] == "stopped"
 
 
+def test_a_teardown_asked_to_remove_the_workers_root_is_refused_before_anything_starts(lab: Lab) -> None:
+    """Issue 23: `remove` of data/reefguide (here spelled data/reefguide/., with the allowed roots widened
+    to data) once deleted the workers' data, cache and every data package."""
+    root = lab.efs_path / "data" / "reefguide"
+    (root / "cache").mkdir(parents=True, exist_ok=True)
+    before, sessions = tree(root), lab.sessions_started()
+    run = run_playbook(lab.env, INVENTORY, "teardown.yml",
+                       "-e", json.dumps({"remove": ["data/reefguide/."], "reefguide_allowed_roots": ["data"]}))
+    assert run.returncode != 0
+    assert "data/reefguide is the workers' root" in run.stdout and "data/reefguide/<name>" in run.stdout, \
+        run.stdout[-3000:]
+    assert tree(root) == before and (root / "cache").is_dir()
+    assert lab.sessions_started() == sessions
+    assert lab.supervisor()["instances"][lab.instance_id]["ec2_state"] == "stopped"
+
+
 def test_terminated_instance_is_a_clear_error(lab: Lab, tmp_path: Path) -> None:
     other = json.loads(lab.ctl("deploy", "--stack-name", "reefguide-terminated").stdout)
     lab.client("ec2").terminate_instances(InstanceIds=[other["instance_id"]])

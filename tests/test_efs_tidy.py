@@ -46,6 +46,34 @@ def test_refuses_paths_outside_allowed_roots_and_deletes_nothing(tmp_path) -> No
         assert (root / ".reefguide-staging" / "run1" / "f").exists()
 
 
+def test_the_workers_root_its_cache_and_what_holds_them_are_refused_however_reached(tmp_path) -> None:
+    """Issue 23: the instance side refuses them too, even with the allowed roots widened to 'data'."""
+    root, _ = make_efs(tmp_path)
+    (root / "data" / "reefguide" / "self").symlink_to(".")  # data/reefguide/self/cache is the cache
+    (root / "data" / "up").symlink_to("reefguide")
+    cases = {
+        "data/reefguide": "is the workers' root", "data/reefguide/.": "is the workers' root",
+        "data/reefguide/": "is the workers' root", "data": "holds the workers' root",
+        "data/reefguide/cache": "workers' cache", "data/reefguide/cache/tile.bin": "inside the workers' cache",
+        "data/reefguide/self/cache": "leads through a symlink to data/reefguide/cache",
+        "data/up/cache/tile.bin": "leads through a symlink to data/reefguide/cache/tile.bin",
+    }
+    for bad, words in cases.items():
+        res = run_module("efs_tidy", {"root": str(root), "allowed_roots": ["data"],
+                                      "remove": ["data/reefguide/old", bad]})
+        assert res.get("failed") and "nothing deleted" in res["msg"] and words in res["msg"], (bad, res)
+        assert (root / "data" / "reefguide" / "old" / "a.tif").exists()
+        assert (root / "data" / "reefguide" / "cache" / "tile.bin").exists()
+    for bad in ("data/reefguide", "data", "data/reefguide/cache/sub"):
+        res = run_module("efs_tidy", {"root": str(root), "empty": [bad]})
+        assert res.get("failed") and "nothing deleted" in res["msg"], (bad, res)
+    assert (root / "data" / "reefguide" / "cache" / "tile.bin").exists()
+    # the symlinks themselves are not the root: removed as links
+    res = run_module("efs_tidy", {"root": str(root), "allowed_roots": ["data"], "remove": ["data/up"]})
+    assert res["changed"] and not os.path.lexists(root / "data" / "up")
+    assert (root / "data" / "reefguide" / "cache" / "tile.bin").exists()
+
+
 def test_symlinks_are_removed_as_links_never_followed(tmp_path) -> None:
     root, outside = make_efs(tmp_path)
     (root / "data" / "reefguide" / "link").symlink_to(outside)

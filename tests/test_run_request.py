@@ -16,6 +16,15 @@ from helpers import run_module
     ({"remove": ["data/other"]}, "outside the allowed roots"),
     ({"remove": ["data/reefguide/cache"]}, "the workers' cache, which must always exist"),
     ({"remove": ["data/reefguide/cache/sub"]}, "the workers' cache"),
+    # issue 23: the workers' root and what holds it, however spelled and whatever the allowed roots
+    ({"remove": ["data/reefguide"]}, "data/reefguide is the workers' root"),
+    ({"remove": ["data/reefguide/."]}, "data/reefguide is the workers' root"),
+    ({"remove": ["data/reefguide/"]}, "data/reefguide is the workers' root"),
+    ({"remove": ["data//reefguide"]}, "data/reefguide is the workers' root"),
+    ({"remove": ["./data/reefguide"]}, "data/reefguide is the workers' root"),
+    ({"remove": ["data"], "allowed_roots": ["data"]}, "data holds the workers' root"),
+    ({"remove": ["data/reefguide"], "allowed_roots": ["data"]}, "data/reefguide is the workers' root"),
+    ({"remove": ["data/reefguide/cache"], "allowed_roots": ["data"]}, "the workers' cache"),
 ])
 def test_bad_teardown_input_is_refused(args, words) -> None:
     r = run_module("run_request", dict({"operation": "teardown"}, **args))

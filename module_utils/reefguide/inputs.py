@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ansible.module_utils.reefguide.layout import DestinationError, check_allowed
+from ansible.module_utils.reefguide.layout import DestinationError, check_allowed, removal_problem
 from ansible.module_utils.reefguide.paths import UnsafePathError, safe_relpath
 from ansible.module_utils.reefguide.releases_store import RELEASE_ID_RE
 
@@ -37,7 +37,8 @@ def release_id(value: Optional[str], name: str = "release_id") -> Optional[str]:
 
 
 def paths_to_remove(value: Any, allowed_roots: list[str]) -> list[str]:
-    """teardown's remove: a list of paths under the allowed roots, never the workers' cache."""
+    """teardown's remove: a list of paths under the allowed roots, never the workers' root, their cache, or a
+    directory holding either."""
     if value in (None, ""):
         return []
     if not isinstance(value, list):
@@ -54,5 +55,8 @@ def paths_to_remove(value: Any, allowed_roots: list[str]) -> list[str]:
             check_allowed(path, allowed_roots, what="remove: path")
         except (UnsafePathError, DestinationError) as exc:
             raise InputError(str(exc))
+        problem = removal_problem(path)
+        if problem:  # whatever reefguide_allowed_roots says
+            raise InputError("remove: %s" % problem)
         out.append(path)
     return out

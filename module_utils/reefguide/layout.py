@@ -40,6 +40,24 @@ def holds_workers_root(target_rel: str) -> bool:
     return target_rel == WORKERS_ROOT or WORKERS_ROOT.startswith(target_rel + "/")
 
 
+def removal_problem(path: str, emptying: bool = False) -> Optional[str]:
+    """Why path (normalised, relative to the EFS root) may not be removed, or emptied, else None:
+    the workers' root and every directory holding it (running workers lose their mount, new
+    worker tasks cannot mount a root that is gone), and their cache with what is in it (it must
+    always exist; it alone may be emptied, which is clear_cache)."""
+    if path == CACHE or path.startswith(CACHE + "/"):
+        if emptying and path == CACHE:
+            return None
+        if path == CACHE:
+            return "%s is the workers' cache, which must always exist: use clear_cache=true to empty it" % CACHE
+        return "%s is inside the workers' cache (%s): use clear_cache=true to empty it" % (path, CACHE)
+    if holds_workers_root(path):
+        return ("%s %s the workers' root (%s), which running workers mount and new worker tasks need: "
+                "name what to remove below it, e.g. %s/<name>"
+                % (path, "is" if path == WORKERS_ROOT else "holds", WORKERS_ROOT, WORKERS_ROOT))
+    return None
+
+
 def default_preserve(target_rel: str) -> list[str]:
     """What a release of target_rel carries over unless told otherwise: the cache, if inside."""
     cache = cache_inside(target_rel)
