@@ -271,8 +271,11 @@ class ActionModule(ActionBase):
         progress = "%s/%s-pull.progress.json" % (detached.JOBS_DIR, a["run_id"])
         pull_args = dict(aws, direction="pull", bucket=a["bucket"], prefix=a["prefix"], path=pull_into,
                          mode=pull_mode, concurrency=a["concurrency"], progress_file=progress)
-        if mode == "mirror" and cache:
-            pull_args["exclude"] = [cache, cache + "/**"]
+        if mode == "mirror":
+            # straight into dest: the cache and the targets released on their own below it stay
+            pull_args["efs_root"] = root
+            if cache:
+                pull_args["exclude"] = [cache, cache + "/**"]
         if a["checksum_cache"]:
             pull_args["checksum_cache"] = root + "/" + a["checksum_cache"]
         pull = self.step("pull", "s3_sync", pull_args, progress=progress)

@@ -20,7 +20,8 @@ description:
   - V(teardown) prunes releases beyond O(keep) and staging leftovers (C(efs_release) state=pruned)
     and deletes O(remove) paths under O(allowed_roots) (C(efs_tidy)).
   - V(rollback) puts the previous release of O(dest) (or O(release_id)) back (C(efs_release)).
-  - With O(mode=mirror) the pull goes straight into O(dest) (no staging copy, no release).
+  - With O(mode=mirror) the pull goes straight into O(dest) (no staging copy, no release); the workers'
+    cache and the targets released on their own below O(dest) are left as they are.
   - On failure the live data is untouched (the release is the last step), EFS is unmounted if this
     task mounted it, and the staging directory left behind is reported for teardown.
 version_added: "0.1.0"

@@ -278,12 +278,14 @@ def verified(module: AnsibleModule, s3: Any) -> None:
     module.exit_json(changed=bool(dropped), dropped=dropped)
 
 
-def related_records(s3: Any, bucket: str, key: str, dest: str) -> tuple[dict[str, str], dict[str, str]]:
+def related_records(s3: Any, bucket: str, key: str, dest: str) -> tuple[dict[str, str], dict[str, str], set[str]]:
     """({dest: key} of the records of destinations above dest, the same for those strictly below
-    it), among the records filed beside key. Only records that name their destination count:
-    older ones are never trusted (and go when their own destination's record is written)."""
+    it, and which of those below are of releases), among the records filed beside key. Only records
+    that name their destination count: older ones are never trusted (and go when their own
+    destination's record is written)."""
     above: dict[str, str] = {}
     below: dict[str, str] = {}
+    released: set[str] = set()
     for other_key, doc in records_under(s3, bucket, key.rsplit("/", 1)[0] + "/"):
         other = doc["dest"]
         if other_key == key or other == dest:
@@ -292,7 +294,9 @@ def related_records(s3: Any, bucket: str, key: str, dest: str) -> tuple[dict[str
             above[other] = other_key
         elif other.startswith(dest + "/"):
             below[other] = other_key
-    return above, below
+            if doc.get("release_id"):
+                released.add(other)
+    return above, below, released
 
 
 def delete_records(module: AnsibleModule, s3: Any, records: dict[str, str]) -> list[str]:
@@ -306,12 +310,15 @@ def drop_related(module: AnsibleModule, s3: Any, files: Optional[dict[str, Any]]
     """Drop the records that a change at dest made untrue; their next stage compares on the instance.
     Above dest: all of them (their tree now differs from what they recorded). Below it: for a
     release (files given), those it changed: all for replace and mirror (the tree below was made
-    equal to src), those under which src had files for a merge; for a rollback or a removal
-    (files None), all."""
+    equal to src), those under which src had files for a merge, but never those of targets released
+    on their own (a release carries them over, a mirror pull leaves them, a src with files inside
+    one is refused); for a rollback or a removal (files None), all."""
     p = module.params
     if not p["dest"]:
         return []
-    above, below = related_records(s3, p["bucket"], p["key"], p["dest"])
+    above, below, released = related_records(s3, p["bucket"], p["key"], p["dest"])
+    if files is not None:
+        below = {other: key for other, key in below.items() if other not in released}
     if files is not None and p["mode"] == "merge":
         below = {other: key for other, key in below.items()
                  if any(rel.startswith(other[len(p["dest"]) + 1:] + "/") for rel in files)}

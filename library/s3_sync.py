@@ -84,6 +84,13 @@ options:
     type: list
     elements: str
     default: []
+  efs_root:
+    description:
+      - On a pull, the EFS root I(path) lies in. Targets below I(path) with releases of their own (in
+        C(<efs_root>/.reefguide-releases), e.g. a data package staged on its own below
+        C(data/reefguide)) are left exactly as they are, C(mode=mirror) included, and a source
+        holding anything inside one is refused before anything changes.
+    type: path
   concurrency:
     description:
       - Number of parallel transfers (and of connections to S3).
@@ -329,10 +336,13 @@ summary:
   sample: "push: transferred 2 files (4.0 MiB), 1998 unchanged, 1 deleted, in 1.20 s (3.3 MiB/s)"
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.reefguide.aws import AWS_COMMON_ARGS, describe_error, error_code, require_boto3
-from ansible.module_utils.reefguide.layout import is_mount_point
+from ansible.module_utils.reefguide.layout import RELEASES_DIR, is_mount_point
 from ansible.module_utils.reefguide.paths import UnsafePathError
+from ansible.module_utils.reefguide.releases_store import nested_release_targets
 from ansible.module_utils.reefguide.sync import Sync, summary
 from ansible.module_utils.reefguide.sync_common import SyncError, parse_size
 from ansible.module_utils.reefguide.sync_options import SyncOptions
@@ -346,6 +356,7 @@ def argument_spec() -> dict:
         path=dict(type="path", required=True),
         mode=dict(type="str", default="merge", choices=["merge", "mirror"]),
         exclude=dict(type="list", elements="str", default=[]),
+        efs_root=dict(type="path"),
         concurrency=dict(type="int", default=16),
         part_size=dict(type="str", default="16MiB"),
         sse=dict(type="str", default="AES256", choices=["AES256", "aws:kms", "none"]),
@@ -362,6 +373,14 @@ def argument_spec() -> dict:
     return spec
 
 
+def released_below(efs_root: str, path: str) -> list[str]:
+    """The targets released on their own below path, relative to it (none if path is not in efs_root)."""
+    rel = os.path.relpath(os.path.realpath(path), os.path.realpath(efs_root))
+    if rel == "." or rel.startswith(".."):
+        return []
+    return nested_release_targets(os.path.join(efs_root, RELEASES_DIR), rel)
+
+
 def options_from(module: AnsibleModule) -> SyncOptions:
     p = module.params
     return SyncOptions(
@@ -371,6 +390,7 @@ def options_from(module: AnsibleModule) -> SyncOptions:
         path=p["path"],
         mode=p["mode"],
         exclude=p["exclude"] or [],
+        keep=released_below(p["efs_root"], p["path"]) if p["efs_root"] and p["direction"] == "pull" else [],
         concurrency=p["concurrency"],
         part_size=parse_size(p["part_size"]),
         sse=None if p["sse"] == "none" else p["sse"],

@@ -34,8 +34,18 @@ def digests(root: Path) -> dict[str, tuple[int, str]]:
             for p in root.rglob("*") if p.is_file()} if root.is_dir() else {}
 
 
+def released_targets(lab: Lab) -> list[str]:
+    """The targets with releases of their own (their keys in the releases area, decoded)."""
+    releases = lab.efs_path / ".reefguide-releases"
+    return [k.name.replace("%2F", "/").replace("%25", "%") for k in releases.iterdir()
+            if k.is_dir() and not k.name.startswith(".")] if releases.is_dir() else []
+
+
 def efs_files(lab: Lab, dest: str) -> dict[str, tuple[int, str]]:
-    return digests(lab.efs_path / dest)
+    """What EFS holds at dest, apart from the targets below it with releases of their own: every
+    stage of ours (replace and mirror) leaves them as they are."""
+    inner = tuple(t[len(dest) + 1:] + "/" for t in released_targets(lab) if t.startswith(dest + "/"))
+    return {rel: v for rel, v in digests(lab.efs_path / dest).items() if not rel.startswith(inner)}
 
 
 def live_records(lab: Lab) -> dict[str, dict]:
@@ -49,6 +59,7 @@ def live_records(lab: Lab) -> dict[str, dict]:
 
 
 def assert_records_true(lab: Lab, step: str) -> None:
+    """Each record names what EFS holds at its destination (efs_files)."""
     for dest, doc in live_records(lab).items():
         recorded = {rel: (e["size"], e["sha256"]) for rel, e in doc["files"].items()}
         on_efs = efs_files(lab, dest)

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from helpers import make_tree as make
+from helpers import run_playbook
 from lab import Lab, running_lab
-from live_records import NOTHING, live_records, play, stage, tree
+from live_records import INVENTORY, NOTHING, assert_records_true, live_records, play, stage, tree
 
 
 @pytest.fixture(scope="module")
@@ -22,13 +23,25 @@ def rlab(tmp_path_factory):
         yield lab
 
 
-def test_a_mirror_of_an_ancestor_drops_the_records_below_it(rlab: Lab, tmp_path: Path) -> None:
+def test_a_mirror_of_an_ancestor_keeps_what_is_released_below_it(rlab: Lab, tmp_path: Path) -> None:
+    """Issue 23: a mirror once deleted the destinations released on their own below it (the data
+    packages under data/reefguide), which their records still called live."""
     inner = make(tmp_path / "inner", {"x": "inner\n"})
     stage(rlab, inner, "data/reefguide/m/inner")
-    stage(rlab, make(tmp_path / "outer", {"y": "outer\n"}), "data/reefguide/m", "-e", "mode=mirror")
-    assert not (rlab.efs_path / "data/reefguide/m/inner").exists()
-    out = stage(rlab, inner, "data/reefguide/m/inner")
-    assert NOTHING not in out and tree(rlab.efs_path / "data/reefguide/m/inner") == tree(inner), out[-3000:]
+    outer = make(tmp_path / "outer", {"y": "outer\n", "old/z": "outer\n"})
+    stage(rlab, outer, "data/reefguide/m", "-e", "mode=mirror")
+    mirrored = make(tmp_path / "mirrored", {"y": "mirrored\n"})
+    out = stage(rlab, mirrored, "data/reefguide/m", "-e", "mode=mirror")
+    assert tree(rlab.efs_path / "data/reefguide/m") == dict(tree(mirrored), **{"inner/x": "inner\n"}), out[-3000:]
+    assert_records_true(rlab, "after the mirror of data/reefguide/m")
+    assert NOTHING in stage(rlab, inner, "data/reefguide/m/inner")  # its record is still true
+    # a mirror whose src holds something inside the target released on its own: refused, nothing changed
+    clash = make(tmp_path / "clash", {"y": "clash\n", "inner/x": "clash\n"})
+    run = run_playbook(rlab.env, INVENTORY, "stage_data.yml", "-e", "src=%s" % clash, "-e", "dest=data/reefguide/m",
+                       "-e", "mode=mirror")
+    assert run.returncode != 0 and "'inner/x', inside inner, which is released on its own" in run.stdout, \
+        run.stdout[-3000:]
+    assert tree(rlab.efs_path / "data/reefguide/m") == dict(tree(mirrored), **{"inner/x": "inner\n"})
 
 
 def test_replace_after_merge_converges(rlab: Lab, tmp_path: Path) -> None:

@@ -152,8 +152,10 @@ def test_pull_keeps_a_local_file_the_bucket_lacks_in_merge_and_deletes_it_in_mir
 def test_pull_refuses_in_merge_a_local_entry_where_the_bucket_has_a_directory() -> None:
     here = dest(lf("d", 1, kind="link"))
     rem = remote(obj("d/f", 1))
-    with pytest.raises(SyncError, match=r"d exists in /dest as a symlink where the bucket has a directory"):
+    with pytest.raises(SyncError, match=r"d exists in /dest as a symlink where the bucket has a directory") as err:
         plan_pull(here, rem, differ({}), where=("s3://b/p", "/dest"))
+    # issue 23: it once advised mode: mirror, which deletes more than the user asked
+    assert "mirror" not in str(err.value) and "a merge deletes nothing" in str(err.value)
     plan, _ = plan_pull(here, rem, differ({}), mirror=True)
     assert plan.delete == ["d"] and plan.dirs_create == ["d"]
 
@@ -185,3 +187,10 @@ def test_downloads_start_with_the_big_files_then_take_small_ones_from_each_direc
     objs = [obj("a/1", 1), obj("a/2", 1), obj("a/3", 1), obj("b/1", 1), obj("big", IN_MEMORY_MAX + 1),
             obj("bigger", IN_MEMORY_MAX + 2)]  # fmt: skip
     assert [o.rel for o in spread_over_dirs(objs)] == ["bigger", "big", "a/1", "b/1", "a/2", "a/3"]
+
+
+def test_kept_paths_match_as_spelled_with_everything_below_them() -> None:
+    """SyncOptions.keep (targets released on their own): a name with glob characters is no pattern."""
+    kept = Matcher(["cache"], literal=["adria/p[1]*", "x/"])
+    assert kept("adria/p[1]*") and kept("adria/p[1]*/f.tif") and kept("x/y") and kept("cache/t")
+    assert not kept("adria/p1") and not kept("adria/p[1]*x") and not kept("adria/p[1]")

@@ -52,8 +52,10 @@ class Matcher:
     """exclude patterns: fnmatch on the relative path; a pattern that matches
     a directory excludes everything below it ('cache', 'tmp/*', '*.log')."""
 
-    def __init__(self, patterns: Optional[list[str]]):
+    def __init__(self, patterns: Optional[list[str]], literal: Optional[list[str]] = None):
+        """literal: paths matched as they are spelled ('a[1]' is not a pattern)."""
         self.regexes = [re.compile(fnmatch.translate(p.strip("/"))) for p in (patterns or []) if p.strip("/")]
+        self.regexes += [re.compile(re.escape(p.strip("/")) + r"\Z") for p in (literal or []) if p.strip("/")]
 
     def __call__(self, rel: str) -> bool:
         if not self.regexes:

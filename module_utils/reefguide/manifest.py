@@ -42,6 +42,7 @@ class RemoteState:
     manifest_etag: Optional[str] = None
     manifest_dirs: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)  # files listed but excluded
 
 
 def read_remote(client: S3Client, prefix: str, excluded: Matcher) -> RemoteState:
@@ -75,6 +76,7 @@ def state_from_listing(
             state.bad.append("%r: %s" % (key, exc))
             continue
         if excluded(rel):
+            state.excluded.append(rel)
             continue
         state.files[rel] = RemoteObject(rel, key, size, etag, modified)
     return state

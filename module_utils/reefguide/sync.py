@@ -44,7 +44,7 @@ class Sync(PushSync, PullSync):
         self.opts = opts
         validate_options(opts)
         self.prefix = normalise_prefix(opts.prefix)
-        self.excluded = Matcher(opts.exclude)
+        self.excluded = Matcher(opts.exclude, literal=opts.keep)
         self.run_id = os.urandom(6).hex()
         self.started = time.time()
         self.warnings: list[str] = []

@@ -27,6 +27,9 @@ class SyncOptions:
     sse: Optional[str] = "AES256"  # AES256 | aws:kms | None
     sse_kms_key_id: Optional[str] = None
     exclude: list[str] = field(default_factory=list)
+    # pull: paths below the destination left exactly as they are (targets released on their own):
+    # never deleted or written, and a source holding anything there is refused
+    keep: list[str] = field(default_factory=list)
     checksum_cache: Optional[str] = None  # None: a file under ~/.cache/reefguide-efs
     use_checksum_cache: bool = True
     rehash: bool = False
@@ -47,6 +50,8 @@ def validate_options(o: SyncOptions) -> None:
         raise SyncError("direction must be push or pull, not %r" % o.direction)
     if o.mode not in ("merge", "mirror"):
         raise SyncError("mode must be merge or mirror, not %r" % o.mode)
+    if o.keep and o.direction != "pull":
+        raise SyncError("keep is for pulls (paths of the destination left as they are)")
     if not o.bucket or "/" in o.bucket:
         raise SyncError("bucket %r is not a bucket name (give the key part as prefix)" % o.bucket)
     if not 1 <= o.concurrency <= 256:

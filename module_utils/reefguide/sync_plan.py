@@ -175,7 +175,7 @@ def _refuse_in_the_way(dest: DestTree, remote: RemoteState, needed_dirs: set[str
         kind = dest.files[what].kind if what in dest.files else "directory"
         raise SyncError(
             "%s exists in %s as a %s where the bucket has %s; "
-            "use mode: mirror to replace it, or move it away"
+            "a merge deletes nothing, so move it away or remove it first, then run again"
             % (what, root, "symlink" if kind == "link" else kind, "a directory" if blocking else "a file")
         )
 

@@ -31,8 +31,19 @@ from ansible.module_utils.reefguide.transfers import RangedDownload, Runner, dis
 class PullSync:
     """The pull half of Sync (a mixin: the state it uses is set up by Sync)."""
 
+    def _refuse_kept(self, excluded: list[str]) -> None:
+        """A source with files inside a path the pull keeps as it is (a target released on its own)."""
+        for keep in self.opts.keep:
+            inside = [rel for rel in excluded if rel == keep or rel.startswith(keep.rstrip("/") + "/")]
+            if inside:
+                raise SyncError(
+                    "the source has %r, inside %s, which is released on its own as a separate target and "
+                    "which this pull must leave as it is: nothing was changed. Stage that part to its own "
+                    "destination, or leave it out of src" % (inside[0], keep))
+
     def _pull(self) -> None:
         dest, remote = self._scan_both(lambda: scan_dest(self.root, self.excluded))
+        self._refuse_kept(remote.excluded)
         seen = {rel for rel, lf in dest.files.items() if rel in remote.files and lf.kind == "file"}
         plan, downloads = plan_pull(
             dest,
