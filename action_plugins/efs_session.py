@@ -281,13 +281,13 @@ class ActionModule(ActionBase):
         pull = self.step("pull", "s3_sync", pull_args, progress=progress)
         release: dict[str, Any] = {}
         if mode != "mirror":
-            release_args = {"root": root, "target": dest, "staging": a["staging"],
+            # staging_area: what is left of the run's staging area once its directory went live,
+            # deleted in the release's own step (a step of its own cost a second of CPU a stage)
+            release_args = {"root": root, "target": dest, "staging": a["staging"], "staging_area": staging_area,
                             "keep": a["keep"], "owner": user, "group": user}
             if a["release_id"]:
                 release_args["release_id"] = a["release_id"]
             release = self.step("release", "efs_release", release_args)
-            # what is left of the run's staging area once its directory went live
-            self.step("tidy_staging", "efs_tidy", {"root": root, "remove": [staging_area]})
         if a["clear_cache"]:
             if not a["cache"]:
                 raise AnsibleActionFail("clear_cache needs cache (stage_request's result)")

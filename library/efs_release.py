@@ -72,6 +72,13 @@ options:
       - With O(state=pruned), a staging leftover (for example C(.reefguide-staging)) to delete
         together with the old releases.
     type: str
+  staging_area:
+    description:
+      - With O(state=released), the run's staging area relative to O(root), a directory holding
+        O(staging) (for example C(.reefguide-staging/<dest key>)): deleted once the release is done,
+        with what is left in it (after an in-place release, the staged tree whose files went live
+        as hard links). Done in the same call, so a run needs no step of its own for it.
+    type: str
   state:
     description:
       - V(released) makes O(staging) the live target and keeps the previous version as a release.
@@ -255,6 +262,11 @@ staging_removed:
   description: Whether the O(staging) leftover was (or would be) deleted (O(state=pruned)).
   returned: when state is pruned
   type: bool
+staging_area_removed:
+  description: What deleting O(staging_area) after the release removed (files and bytes freed).
+  returned: when state is released and O(staging_area) is given
+  type: dict
+  sample: {"files": 12, "bytes": 0}
 chowned:
   description: Number of staged entries whose owner or group was (or would be) changed (O(owner), O(group)).
   returned: when state is released and something is released

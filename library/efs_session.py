@@ -108,8 +108,8 @@ EXAMPLES = r"""
 RETURN = r"""
 steps:
   description: >-
-    Each step's module result (mount, prepare, pull, release, tidy_staging, clear_cache,
-    prune, remove, rollback, unmount).
+    Each step's module result (mount, prepare, pull, release (which also deletes the staging
+    area), clear_cache, prune, remove, rollback, unmount).
   returned: always
   type: dict
 pull:

@@ -538,3 +538,24 @@ def test_removing_a_staging_copy_counts_only_the_files_it_alone_holds(efs: EFS) 
     assert really_freed == 250 + 40
     assert removed["staging_removed"] is True and removed["bytes_freed"] == really_freed
     assert predicted["bytes_freed"] == really_freed
+
+
+def test_staging_area_is_deleted_after_the_release_in_the_same_call(efs: EFS) -> None:
+    """The run's staging area goes with its release (a step of its own cost a second of CPU a
+    stage): after an in-place release the staged tree stays in it, hard-linked into the target."""
+    ok(efs.release("r1", version(1)))
+    efs.stage("r2", version(2))
+    (efs.root / ".reefguide-staging/r2/leftover.tmp").write_bytes(b"left by the pull")
+    done = ok(efs.run({"target": PKG, "staging": ".reefguide-staging/r2/pkg", "release_id": "r2",
+                       "staging_area": ".reefguide-staging/r2", "swap": "in_place"}))
+    # freed: the leftover alone; the staged files are still linked from the target
+    assert done["swap_method"] == "in_place" and done["staging_area_removed"]["files"] == 1
+    assert not (efs.root / ".reefguide-staging/r2").exists()
+    assert snapshot(efs.root / PKG) == snapshot_of(version(2))
+    # refused before anything changes: an area that does not hold staging
+    efs.stage("r3", version(3))
+    for area in (".reefguide-staging/other", "data", PKG):
+        res = efs.run({"target": PKG, "staging": ".reefguide-staging/r3/pkg", "release_id": "r3",
+                       "staging_area": area})
+        assert res.get("failed") and "does not hold staging" in res["msg"], res
+    assert snapshot(efs.root / PKG) == snapshot_of(version(2)) and (efs.root / ".reefguide-staging/r3/pkg").is_dir()

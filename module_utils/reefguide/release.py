@@ -256,6 +256,24 @@ def staging_leftover(params: dict[str, Any], root: str, protect: list[str]) -> O
     return staging
 
 
+def staging_area(params: dict[str, Any], root: str, target_rel: str) -> Optional[str]:
+    """state=released: the validated staging area to delete after the release, if given. It must
+    hold the staging directory and nothing else of ours (the target, the releases area)."""
+    if not params.get("staging_area") or params["state"] != "released":
+        return None
+    area_rel = safe_relpath(params["staging_area"], "staging_area")
+    staging_rel = safe_relpath(params["staging"], "staging")
+    if not staging_rel.startswith(area_rel + "/"):
+        raise ReleaseError("staging_area %r does not hold staging %r; refusing to delete it" % (area_rel, staging_rel))
+    for other in (target_rel, safe_relpath(params["releases_dir"], "releases_dir")):
+        if overlaps(area_rel, other):
+            raise ReleaseError("staging_area %r overlaps %r; refusing to delete it" % (area_rel, other))
+    area = rel_join(root, area_rel)
+    if not parents_within(root, area):
+        raise ReleaseError("staging_area %s leads outside %s through a symlink; refusing" % (area, root))
+    return area
+
+
 def all_targets(releases_root: str) -> list[str]:
     """Every target with a releases directory, as its history names it."""
     return [load_history(os.path.join(releases_root, key), key_to_target(key)).get("target")
@@ -303,6 +321,7 @@ EFS_RELEASE_ARGS: dict[str, Any] = dict(
     require_mount=dict(type="bool", default=False),
     target=dict(type="str"),
     staging=dict(type="str"),
+    staging_area=dict(type="str"),
     state=dict(type="str", choices=["released", "rolled_back", "pruned"], default="released"),
     keep=dict(type="int", default=2),
     release_id=dict(type="str"),
@@ -334,6 +353,12 @@ def run_efs_release(host: Any, params: dict[str, Any], check: bool = False, diff
     try:
         if params["state"] == "pruned":
             return prune_state(host, params, check, diff, root)
-        return run_target(host, params, check, diff, root, safe_relpath(params["target"], "target"))
+        target_rel = safe_relpath(params["target"], "target")
+        area = staging_area(params, root, target_rel)
+        result = run_target(host, params, check, diff, root, target_rel)
+        if area and not result.get("failed"):
+            files, size = remove_tree(root, area, dry_run=check)
+            result["staging_area_removed"] = {"files": files, "bytes": size}
+        return result
     except OSError as exc:
         raise ReleaseError("%s: %s (%s)" % (exc.strerror, exc.filename, type(exc).__name__)) from exc
