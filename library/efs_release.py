@@ -75,9 +75,9 @@ options:
   staging_area:
     description:
       - With O(state=released), the run's staging area relative to O(root), a directory holding
-        O(staging) (for example C(.reefguide-staging/<dest key>)): deleted once the release is done,
-        with what is left in it (after an in-place release, the staged tree whose files went live
-        as hard links). Done in the same call, so a run needs no step of its own for it.
+        O(staging) (for example C(.reefguide-staging/<dest key>)). It is deleted once the release is
+        done, with what is left in it (after an in-place release, the staged tree whose files went
+        live as hard links), in the same call, so a run needs no step of its own for it.
     type: str
   state:
     description:
