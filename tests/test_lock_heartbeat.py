@@ -1,6 +1,7 @@
 """A live run's lock is not broken by `break_lock=true`: the stage refreshes its lock's
 heartbeat in the background, so a teardown started while it runs is refused and the stage
-completes (docs/reliability.md, "Runs that interfere")."""
+completes (docs/reliability.md, "Runs that interfere"). The stage's pull is held while the
+teardown tries, so the outcome does not depend on how busy the machine is."""
 
 from __future__ import annotations
 
@@ -49,7 +50,16 @@ def test_break_lock_true_is_refused_while_the_stage_runs(hlab: Lab, tmp_path: Pa
         taken = time.time()
         wait_for("remote session", lambda: remote_part(hlab), stage)
         assert time.time() - taken > TTL, "the stage reached its remote part before its lock was ttl old"
-        tidy = run_playbook(hlab.env, INVENTORY, "teardown.yml", "-e", "break_lock=true")
+        # the pull is held (SIGSTOP) until the teardown has tried: on a loaded machine the stage
+        # could otherwise end, and release its lock, before the teardown's ansible-playbook got to it.
+        # The module's own process only (python AnsiballZ_s3_sync.py), not async_wrapper's.
+        pull = ["-f", "^[^ ]+ [^ ]*/AnsiballZ_s3_sync[.]py"]
+        wait_for("the pull on the instance, held", lambda: hlab.instance_exec(
+            ["pkill", "-STOP"] + pull).returncode == 0, stage, timeout=300)
+        try:
+            tidy = run_playbook(hlab.env, INVENTORY, "teardown.yml", "-e", "break_lock=true")
+        finally:
+            hlab.instance_exec(["pkill", "-CONT"] + pull)
         out, _ = stage.communicate(timeout=600)
     finally:
         hlab.set_boot_delay(1)
