@@ -237,6 +237,8 @@ def test_ctrl_c_of_ansible_reaches_the_module_which_aborts_its_uploads(
     while progress(prog).get("phase") != "interrupted":  # the module finishes after ansible has gone
         assert time.time() < deadline, progress(prog)
         time.sleep(0.05)
-    assert progress(prog)["interrupted"] == "SIGINT"
+    # SIGINT passed on by ansible's worker, or SIGTERM when ansible ends its workers first: which
+    # arrives first depends on the machine's load (s9g saw SIGTERM); either way the module cleans up
+    assert progress(prog)["interrupted"] in ("SIGINT", "SIGTERM")
     assert proxy.seen(is_data, since=mark) <= 2 * CONCURRENCY
     assert moto.s3().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
