@@ -7,6 +7,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from ansible.module_utils.reefguide.layout import key_to_target
+
 from helpers import ROOT, run_playbook
 from lab import Lab
 
@@ -37,7 +39,7 @@ def digests(root: Path) -> dict[str, tuple[int, str]]:
 def released_targets(lab: Lab) -> list[str]:
     """The targets with releases of their own (their keys in the releases area, decoded)."""
     releases = lab.efs_path / ".reefguide-releases"
-    return [k.name.replace("%2F", "/").replace("%25", "%") for k in releases.iterdir()
+    return [key_to_target(k.name) for k in releases.iterdir()
             if k.is_dir() and not k.name.startswith(".")] if releases.is_dir() else []
 
 

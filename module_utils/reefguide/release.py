@@ -246,14 +246,19 @@ def staging_leftover(params: dict[str, Any], root: str, protect: list[str]) -> O
     """state=pruned: the validated staging leftover to delete, if given."""
     if not params["staging"]:
         return None
-    staging_rel = safe_relpath(params["staging"], "staging")
+    return deletable(root, "staging", safe_relpath(params["staging"], "staging"), protect)
+
+
+def deletable(root: str, name: str, rel: str, protect: list[str]) -> str:
+    """The absolute path of rel (the parameter name), to be deleted: it overlaps nothing in protect
+    and no symlinked parent leads it out of root."""
     for other in protect:
-        if overlaps(staging_rel, other):
-            raise ReleaseError("staging %r overlaps %r; refusing to delete it" % (staging_rel, other))
-    staging = rel_join(root, staging_rel)
-    if not parents_within(root, staging):
-        raise ReleaseError("staging %s leads outside %s through a symlink; refusing" % (staging, root))
-    return staging
+        if overlaps(rel, other):
+            raise ReleaseError("%s %r overlaps %r; refusing to delete it" % (name, rel, other))
+    path = rel_join(root, rel)
+    if not parents_within(root, path):
+        raise ReleaseError("%s %s leads outside %s through a symlink; refusing" % (name, path, root))
+    return path
 
 
 def staging_area(params: dict[str, Any], root: str, target_rel: str) -> Optional[str]:
@@ -265,13 +270,7 @@ def staging_area(params: dict[str, Any], root: str, target_rel: str) -> Optional
     staging_rel = safe_relpath(params["staging"], "staging")
     if not staging_rel.startswith(area_rel + "/"):
         raise ReleaseError("staging_area %r does not hold staging %r; refusing to delete it" % (area_rel, staging_rel))
-    for other in (target_rel, safe_relpath(params["releases_dir"], "releases_dir")):
-        if overlaps(area_rel, other):
-            raise ReleaseError("staging_area %r overlaps %r; refusing to delete it" % (area_rel, other))
-    area = rel_join(root, area_rel)
-    if not parents_within(root, area):
-        raise ReleaseError("staging_area %s leads outside %s through a symlink; refusing" % (area, root))
-    return area
+    return deletable(root, "staging_area", area_rel, [target_rel, safe_relpath(params["releases_dir"], "releases_dir")])
 
 
 def all_targets(releases_root: str) -> list[str]:
