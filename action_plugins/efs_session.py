@@ -116,6 +116,12 @@ def redact_connection_display(connection: Any) -> None:
 TRANSFER_ATTEMPTS = 3
 
 
+def pull_changed(pull: dict[str, Any]) -> bool:
+    """Whether a pull into staging wrote or deleted anything (files or directories)."""
+    return any(int((pull.get(k) or {}).get("files") or 0) for k in ("transferred", "deleted")) \
+        or bool(pull.get("dirs_created") or pull.get("dirs_removed") or pull.get("temporaries_removed"))
+
+
 def module_never_arrived(res: dict[str, Any]) -> bool:
     if res.get("failed") and "cmd" in res and "Exec format error" in str(res.get("msg")):
         return True  # a detached step: async_wrapper found no #! line in the file, so not what was sent
@@ -145,9 +151,14 @@ class ActionModule(ActionBase):
             self._task.check_mode = saved
 
     def step(self, name: str, module: str, args: dict[str, Any], detach: bool = True,
-             progress: Optional[str] = None) -> dict[str, Any]:
+             progress: Optional[str] = None, changes_live: bool = False) -> dict[str, Any]:
         """Run one module on the instance: detached and followed with short polls (every step that
-        can be long on a large tree), or as one call (the mount)."""
+        can be long on a large tree), or as one call (the mount). changes_live: the step changes
+        what is live (a release, rollback, removal, or a mirror pull into the destination); then
+        self.live_changed says afterwards whether it did: True, False, or None when unknown (the
+        step was lost, or failed without saying that it touched nothing)."""
+        if changes_live:
+            self.live_changed = None
         if module in MUST_FIND_EFS_MOUNTED:
             # every step that writes checks first that EFS is still mounted where this session put it
             args = dict(args, require_mount=self.mount_root if module == "s3_sync" else True)
@@ -162,6 +173,10 @@ class ActionModule(ActionBase):
                             "the SSM plugin's transfer); sending it again (%d of %d)"
                             % (name, attempt + 1, TRANSFER_ATTEMPTS))
         self.steps[name] = {k: v for k, v in res.items() if k not in ("invocation", "_ansible_no_log")}
+        if changes_live:
+            failed = res.get("failed") or res.get("unreachable")
+            # a module that does not say (efs_tidy, s3_sync): unknown after a failure, its changed after success
+            self.live_changed = res.get("live_changed", None if failed else bool(res.get("changed")))
         if res.get("failed") or res.get("unreachable"):
             raise AnsibleActionFail("%s (%s) failed: %s" % (name, module, self.reason(res)), result=res)
         return res
@@ -187,6 +202,7 @@ class ActionModule(ActionBase):
         _, a = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF)
         op = a["operation"]
         self.steps: dict[str, Any] = {}
+        self.live_changed: Optional[bool] = False
         root = self.mount_root = a["efs_root"]
         user = a["user"]
         mounted_here = False
@@ -212,15 +228,21 @@ class ActionModule(ActionBase):
             if not usage.get("failed"):
                 outcome["usage"] = {k: usage.get(k) for k in ("bytes", "files", "areas", "complete")}
                 outcome["fingerprints"] = usage.get("fingerprints") or {}
-        except AnsibleActionFail as exc:
-            result.update(failed=True, msg=str(exc), steps=self.steps, remote_jobs=self.detached.jobs)
+        # a step failed, or the session was lost (the SSM plugin raises botocore's errors as they come,
+        # e.g. TargetNotConnected once the instance stopped): either way, say what became of the live data
+        except Exception as exc:
+            result.update(failed=True, msg=str(exc), steps=self.steps, remote_jobs=self.detached.jobs,
+                          live_changed=self.live_changed)
             if op == "stage" and a["mode"] != "mirror":
                 result["staging_left"] = a["staging"]
-            self.unmount(root, mounted_here, result)
+            try:
+                self.unmount(root, mounted_here, result)
+            except Exception as lost:
+                result.setdefault("warnings", []).append("EFS left mounted at %s: %s" % (root, lost))
             return result
         self.unmount(root, mounted_here, result)
         result.update(outcome, steps=self.steps, mounted_here=mounted_here, remote_jobs=self.detached.jobs,
-                      polls=self.detached.polls)
+                      polls=self.detached.polls, live_changed=self.live_changed)
         return result
 
     def ensure_packages(self, install: bool) -> None:
@@ -262,7 +284,7 @@ class ActionModule(ActionBase):
                 # a failed run's staging may hold files of another src that a merge would never delete
                 self.step("discard_leftover", "efs_tidy", {"root": root, "remove": [staging_area]})
             # replace: a failed run's staging is resumed; the mirror pull makes it equal the upload
-            self.step("prepare", "efs_staging", {
+            prepare = self.step("prepare", "efs_staging", {
                 "root": root, "target": dest, "staging": a["staging"],
                 "exclude": [cache] if cache else [],
             })
@@ -278,7 +300,7 @@ class ActionModule(ActionBase):
                 pull_args["exclude"] = [cache, cache + "/**"]
         if a["checksum_cache"]:
             pull_args["checksum_cache"] = root + "/" + a["checksum_cache"]
-        pull = self.step("pull", "s3_sync", pull_args, progress=progress)
+        pull = self.step("pull", "s3_sync", pull_args, progress=progress, changes_live=mode == "mirror")
         release: dict[str, Any] = {}
         if mode != "mirror":
             # staging_area: what is left of the run's staging area once its directory went live,
@@ -287,7 +309,9 @@ class ActionModule(ActionBase):
                             "keep": a["keep"], "owner": user, "group": user}
             if a["release_id"]:
                 release_args["release_id"] = a["release_id"]
-            release = self.step("release", "efs_release", release_args)
+            if not prepare.get("resumed", True) and not pull_changed(pull):
+                release_args["unchanged"] = True  # a fresh copy of the live tree, left as it was
+            release = self.step("release", "efs_release", release_args, changes_live=True)
         if a["clear_cache"]:
             if not a["cache"]:
                 raise AnsibleActionFail("clear_cache needs cache (stage_request's result)")
@@ -295,13 +319,15 @@ class ActionModule(ActionBase):
             self.step("clear_cache", "efs_tidy", {"root": root, "empty": [a["cache"]]})
         changed = any(self.steps.get(s, {}).get("changed") for s in ("pull", "release", "clear_cache"))
         return {"changed": changed, "pull": pull, "release_id": release.get("release_id"),
+                "unchanged": bool(release.get("unchanged")),
                 "previous_release_id": release.get("previous_release_id"), "swap_method": release.get("swap_method")}
 
     def teardown(self, a: dict[str, Any], root: str, user: str) -> dict[str, Any]:
         prune = self.step("prune", "efs_release", {
             "root": root, "state": "pruned", "keep": a["keep"], "staging": a["staging_root"]})
         tidy = self.step("remove", "efs_tidy", {
-            "root": root, "remove": a["remove"], "allowed_roots": a["allowed_roots"]})
+            "root": root, "remove": a["remove"], "allowed_roots": a["allowed_roots"],
+        }, changes_live=bool(a["remove"]))
         freed = int(prune.get("bytes_freed") or 0) + int(tidy.get("bytes_freed") or 0)
         return {"changed": bool(prune.get("changed") or tidy.get("changed")), "bytes_freed": freed,
                 "pruned": prune.get("pruned", []), "removed": tidy.get("removed", [])}
@@ -310,7 +336,7 @@ class ActionModule(ActionBase):
         args = {"root": root, "target": a["dest"], "state": "rolled_back"}
         if a["release_id"]:
             args["release_id"] = a["release_id"]
-        res = self.step("rollback", "efs_release", args)
+        res = self.step("rollback", "efs_release", args, changes_live=True)
         return {"changed": bool(res.get("changed")), "release_id": res.get("release_id"),
                 "previous_release_id": res.get("previous_release_id"), "swap_method": res.get("swap_method")}
 

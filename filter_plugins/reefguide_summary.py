@@ -90,6 +90,10 @@ def _efs_read_line(pull: dict[str, Any]) -> Optional[str]:
 
 def _release_line(run: dict[str, Any], stage: dict[str, Any], request: dict[str, Any]) -> str:
     line = "Release %s is live (previous: %s)." % (stage["release_id"], stage.get("previous_release_id") or "none")
+    if stage.get("unchanged"):
+        line = ("No new release: EFS already held this data at %s, so release %s stays live (previous: %s) and no "
+                "kept release was pushed out." % (request.get("dest"), stage["release_id"],
+                                                  stage.get("previous_release_id") or "none"))
     if not stage.get("previous_release_id"):
         return line + " There is no earlier release to roll back to."
     if int(run.get("keep", 1) or 0) == 0:
@@ -130,13 +134,59 @@ def _outcome_line(run: dict[str, Any]) -> str:
     if run.get("failure"):
         return "FAILED: %s" % (run["failure"].get("msg") or "")
     if run.get("nothing_to_do"):
-        return ("Nothing to do: %s already holds this data (release %s); nothing uploaded, the instance was "
+        line = ("Nothing to do: %s already holds this data (release %s); nothing uploaded, the instance was "
                 "not started." % (request.get("dest"), (run.get("live") or {}).get("release_id") or "?"))
+        if run.get("lock_held"):
+            # deployment_lock's refusal, "deployment is locked by run … since … (purpose). Wait for …"
+            line += (" But the %s: if that run died, the instance it started may still be running; "
+                     "ansible-playbook teardown.yml -e break_lock=true breaks the lock and stops it."
+                     % run["lock_held"].split(". Wait for", 1)[0])
+        return line
     what = request.get("upload_path")
     if request.get("src_kind") == "archive":
         what = "%s (archive, unpacked on the controller)" % run.get("src")
     return "%s %s -> EFS:%s (mode %s)" % ("Would stage" if run.get("check_mode") else "Staged",
                                           what, request.get("dest"), request.get("mode"))
+
+
+def _live_after_failure(run: dict[str, Any]) -> Optional[str]:
+    """After a failed stage: whether what is live at dest changed, as the remote part told it."""
+    if not run.get("failure"):
+        return None
+    dest = (run.get("request") or {}).get("dest")
+    stage = run.get("stage") or {}
+    if not run.get("record_pending"):
+        return "Live data at %s untouched: the run failed before its remote part." % dest
+    changed = stage.get("live_changed")
+    if changed is False:
+        return "Live data at %s untouched: the run failed before its release." % dest
+    pending = ("Its record is marked pending, so the next stage there compares against what EFS holds "
+               "(staging either version again is safe).")
+    if changed:
+        return "The release happened: %s holds the new data, but the run failed after it. %s" % (dest, pending)
+    return ("The release may have happened: the run lost the instance or its session during it. %s "
+            "rollback.yml puts the previous release back." % pending)
+
+
+def _plan_line(run: dict[str, Any]) -> Optional[str]:
+    """What the controller's comparison with the record found (the record may not say what is live)."""
+    live = run.get("live") or {}
+    counts = live.get("counts")
+    if not counts:
+        return None
+    request = run.get("request") or {}
+    local = "%d files, %d bytes locally" % (counts["local_files"], counts["local_bytes"])
+    if live.get("pending"):
+        return ("Plan: not known on the controller: run %s was interrupted at %s before it recorded what it did, "
+                "so the record is not taken for what is live; every file is compared on the instance with what "
+                "EFS holds (%s)" % (live["pending"], request.get("dest"), local))
+    if not live.get("recorded"):
+        removes = "" if request.get("mode") == "merge" else ("; mode %s removes there whatever src lacks"
+                                                             % request.get("mode"))
+        return ("Plan: no record of what is live at %s (never staged there, or its record was dropped): every "
+                "file is compared on the instance with what EFS holds%s (%s)" % (request.get("dest"), removes, local))
+    return "Plan: %d new, %d changed, %d removed, %d unchanged files (%s)" % (
+        counts["new"], counts["changed"], counts["removed"], counts["unchanged"], local)
 
 
 def _dropped_line(run: dict[str, Any]) -> list[str]:
@@ -160,11 +210,7 @@ def stage_summary(run: dict[str, Any]) -> list[str]:
         lines.append("Uploads kept at s3://%s/%s: a re-run sends only what is missing; teardown.yml removes them"
                      % (dep.get("bucket"), request.get("run_prefix")))
     lines.append(_outcome_line(run))
-    counts = (run.get("live") or {}).get("counts")
-    if counts:
-        lines.append("Plan: %d new, %d changed, %d removed, %d unchanged files (%d files, %d bytes locally)" % (
-            counts["new"], counts["changed"], counts["removed"], counts["unchanged"],
-            counts["local_files"], counts["local_bytes"]))
+    lines += [line for line in (_live_after_failure(run), _plan_line(run)) if line]
     if upload:
         lines.append("Upload: %d files / %d bytes transferred, %d skipped" % (
             _files(upload, "transferred"), _bytes(upload, "transferred"), _files(upload, "skipped")))

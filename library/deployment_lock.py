@@ -38,8 +38,8 @@ options:
       - V(broken) removes the lock of a run that died, whoever held it. It refuses a lock whose
         heartbeat is younger than the lock's C(ttl) (its holder looks alive), unless O(force=true).
         A lock without heartbeat (written before heartbeats existed) counts as stale.
-      - V(refreshed) rewrites the heartbeat of the lock held by O(run_id); fails if another run
-        holds it or it is gone.
+      - V(refreshed) rewrites the heartbeat of the lock held by O(run_id) (and notes O(started_instance));
+        fails if another run holds it or it is gone.
       - V(kept_alive) refreshes the heartbeat every O(ttl)/3 seconds while O(run_id) holds the lock
         (meant to run in the background, C(async) with C(poll=0)). Ends without error when the lock
         is no longer this run's, when the process O(watch_pid) is gone, or after O(max_seconds).
@@ -69,6 +69,12 @@ options:
     description: With V(broken), break the lock even though its heartbeat says its holder is alive.
     type: bool
     default: false
+  started_instance:
+    description:
+      - With V(refreshed), the instance this run started, noted in the lock. A run that breaks the
+        lock (its holder died) learns it from C(previous) and stops that instance at its end (else
+        the instance the dead run started stays running, and billed).
+    type: str
   watch_pid:
     description: With V(kept_alive), stop refreshing as soon as this process (the controller's
       ansible-playbook) is gone, so the lock of a run killed by Ctrl-C goes stale.
@@ -243,7 +249,8 @@ def break_lock(module: AnsibleModule, s3: Any, previous: dict[str, Any]) -> None
     delete_lock(module, s3, previous, "breaking")
 
 
-def refresh(s3: Any, bucket: str, key: str, run_id: str) -> tuple[bool, dict[str, Any], dict[str, Any]]:
+def refresh(s3: Any, bucket: str, key: str, run_id: str,
+            extra: Optional[dict[str, Any]] = None) -> tuple[bool, dict[str, Any], dict[str, Any]]:
     """Rewrite the heartbeat if run_id holds the lock: (refreshed, lock now, lock before).
     The write is conditional on the object read (If-Match), so a lock released or taken over
     in between is never brought back or overwritten."""
@@ -259,7 +266,7 @@ def refresh(s3: Any, bucket: str, key: str, run_id: str) -> tuple[bool, dict[str
         before = {"run_id": "?", "holder": "unreadable lock object", "since": "?"}
     if before.get("run_id") != run_id:
         return False, before, before
-    lock = dict(before, heartbeat=utc_now())
+    lock = dict(before, heartbeat=utc_now(), **(extra or {}))
     try:
         s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(lock).encode(), IfMatch=got["ETag"],
                       ServerSideEncryption="AES256", ContentType="application/json")
@@ -297,7 +304,8 @@ def refreshed(module: AnsibleModule, s3: Any) -> None:
         done, lock = ours, previous
     else:
         try:
-            done, lock, previous = refresh(s3, p["bucket"], p["key"], p["run_id"])
+            extra = {"started_instance": p["started_instance"]} if p["started_instance"] else None
+            done, lock, previous = refresh(s3, p["bucket"], p["key"], p["run_id"], extra)
         except Exception as exc:
             fail_aws(module, exc, "refreshing the lock s3://%s/%s" % (p["bucket"], p["key"]))
     if not done and not lock:
@@ -370,6 +378,7 @@ def main() -> None:
         ttl=dict(type="int", default=300),
         force=dict(type="bool", default=False),
         watch_pid=dict(type="int"),
+        started_instance=dict(type="str"),
         max_seconds=dict(type="int", default=86400),
     )
     spec.update(AWS_COMMON_ARGS)

@@ -79,6 +79,14 @@ options:
         done, with what is left in it (after an in-place release, the staged tree whose files went
         live as hard links), in the same call, so a run needs no step of its own for it.
     type: str
+  unchanged:
+    description:
+      - With O(state=released), the caller's word that O(staging) holds exactly what is live (a fresh
+        hard-link copy of the target that the pull changed nothing in). Then nothing is released; the
+        staged copy is deleted, the live release stays (no new release pushes a distinct kept one out
+        of O(keep)), and C(unchanged) is true in the result. Ignored when the target has no release.
+    type: bool
+    default: false
   state:
     description:
       - V(released) makes O(staging) the live target and keeps the previous version as a release.
@@ -262,6 +270,10 @@ staging_removed:
   description: Whether the O(staging) leftover was (or would be) deleted (O(state=pruned)).
   returned: when state is pruned
   type: bool
+unchanged:
+  description: Whether nothing was released because O(unchanged) said the staged tree is what is live.
+  returned: when state is released and O(unchanged) applied
+  type: bool
 staging_area_removed:
   description: What deleting O(staging_area) after the release removed (files and bytes freed).
   returned: when state is released and O(staging_area) is given
@@ -279,6 +291,12 @@ rollback:
   description: How to go back to the previous version.
   returned: when a target is given
   type: str
+live_changed:
+  description: >-
+    Whether what is live changed (a release or rollback swapped, an interrupted swap was repaired). On
+    failure: whether it may have changed before the failure (false: the failure came first).
+  returned: always but for O(state=pruned)
+  type: bool
 msg:
   description: One line saying what happened.
   returned: always
@@ -304,7 +322,9 @@ def main() -> None:
     try:
         result = run_efs_release(module, module.params, module.check_mode, module._diff)
     except (ReleaseError, UnsafePathError) as exc:
-        module.fail_json(msg=str(exc))
+        # live_changed: whether what is live may have changed before the failure (the caller's record
+        # of it is then not to be trusted); False when the failure came before anything was touched
+        module.fail_json(msg=str(exc), live_changed=bool(getattr(exc, "live_touched", False)))
     module.exit_json(**result)
 
 

@@ -22,8 +22,9 @@ description:
   - V(rollback) puts the previous release of O(dest) (or O(release_id)) back (C(efs_release)).
   - With O(mode=mirror) the pull goes straight into O(dest) (no staging copy, no release); the workers'
     cache and the targets released on their own below O(dest) are left as they are.
-  - On failure the live data is untouched (the release is the last step), EFS is unmounted if this
-    task mounted it, and the staging directory left behind is reported for teardown.
+  - On failure EFS is unmounted if this task mounted it, the staging directory left behind is
+    reported for teardown, and C(live_changed) says whether what is live changed before it (a failure
+    before the release leaves it untouched).
 version_added: "0.1.0"
 author: reefguide-efs developers
 options:
@@ -130,6 +131,14 @@ fingerprints:
   description: Destination -> its fingerprint now (see O(fingerprint)); empty when EFS could not be walked in time.
   returned: success
   type: dict
+live_changed:
+  description: >-
+    Whether the step that changes what is live (the release, the rollback, the removal, or a mirror
+    pull straight into the destination) changed it: true, false (not reached, or it failed before
+    touching anything), or null when unknown (the step began and was lost with the session or the
+    instance, or failed without saying). The playbooks' summaries say so after a failure.
+  returned: always
+  type: bool
 staging_left:
   description: On failure, the staging directory left for teardown.
   returned: failure

@@ -15,6 +15,12 @@ description:
     SHA-256s come from the sync engine's checksum cache, so unchanged files are not read again.
   - V(present) records a release; it copies the manifest the push wrote for the run into the record.
   - V(absent) forgets the record (after a rollback, so that the next stage compares nothing and stages).
+  - V(pending) marks the record of O(dest) before a release, rollback or removal there, and drops the
+    records above and below it that the operation can make untrue (for a release, those O(source_key)'s
+    files reach; otherwise all). The mark goes when V(present) or V(absent) writes what happened, or
+    V(settled) says the operation failed before it touched EFS. A run that ends in between (Ctrl-C,
+    the controller killed, the instance stopped) leaves it, and V(compared) never takes a marked record
+    for what is live; the next stage compares on the instance, against what EFS holds.
   - V(listed) lists the records under O(prefix) that name their destination, with the fingerprint
     each keeps of its destination's tree on EFS (taken after its release, see C(efs_usage)).
   - V(verified) takes the fingerprints a remote part saw (O(observed)) and drops every record whose
@@ -24,9 +30,9 @@ version_added: "0.1.0"
 author: reefguide-efs developers
 options:
   state:
-    description: V(compared), V(present), V(absent), V(listed) or V(verified).
+    description: V(compared), V(present), V(absent), V(pending), V(settled), V(listed) or V(verified).
     type: str
-    choices: [compared, present, absent, listed, verified]
+    choices: [compared, present, absent, pending, settled, listed, verified]
     default: compared
   bucket:
     description: The transfer bucket.
@@ -59,10 +65,10 @@ options:
     choices: [replace, merge, mirror]
     default: replace
   source_key:
-    description: With V(present), the manifest object written by the run's push.
+    description: With V(present) (and V(pending) before a release), the manifest object written by the run's push.
     type: str
   release_id:
-    description: With V(present), the release that went live.
+    description: With V(present), the release that went live; with V(pending), the run that marks the record.
     type: str
   dest:
     description:
@@ -107,6 +113,12 @@ recorded:
 release_id:
   description: The live release id from the record.
   returned: when recorded
+  type: str
+pending:
+  description: >-
+    With V(compared), the run whose release, rollback or removal at the destination was interrupted
+    before it wrote what it did (the record is then not taken for what is live), else null.
+  returned: state=compared
   type: str
 new:
   description: Files present locally but not live (first 20).
@@ -182,15 +194,19 @@ def compare(module: AnsibleModule, s3: Any) -> None:
         local = local_manifest(p["path"])
     except LocalFileError as exc:
         module.fail_json(msg=str(exc))
+    pending = record.get("pending")
     live = {rel: (e.get("size"), e.get("sha256")) for rel, e in (record.get("files") or {}).items()}
     new = sorted(r for r in local if r not in live)
     changed = sorted(r for r in local if r in live and live[r] != local[r])
     # a merge removes nothing; replace and mirror need a record of the whole destination
     removed = [] if p["mode"] == "merge" else sorted(r for r in live if r not in local)
     whole = record.get("complete", True) or p["mode"] == "merge"
-    equal = bool(record) and whole and not new and not changed and not removed
+    # a marked record: an operation there may have changed EFS after it was written
+    recorded = record.get("files") is not None  # a record holding only a mark records nothing
+    equal = recorded and whole and not pending and not new and not changed and not removed
     module.exit_json(
-        changed=False, equal=equal, recorded=bool(record), release_id=record.get("release_id"),
+        changed=False, equal=equal, recorded=recorded, release_id=record.get("release_id"),
+        pending=pending,
         new=new[:20], changed_files=changed[:20], removed=removed[:20],
         counts={"new": len(new), "changed": len(changed), "removed": len(removed),
                 "unchanged": len(local) - len(new) - len(changed),
@@ -222,16 +238,55 @@ def record(module: AnsibleModule, s3: Any) -> None:
     legacy = drop_legacy(module, s3)
     nested = drop_related(module, s3, doc.get("files") or {})
     if all(before.get(k) == doc.get(k) for k in ("files", "release_id", "fingerprint")) \
-            and before.get("complete", True) == doc["complete"]:
+            and before.get("complete", True) == doc["complete"] and not before.get("pending"):
         module.exit_json(changed=legacy or bool(nested), recorded=True, release_id=doc["release_id"],
                          dropped=nested)
     if not module.check_mode:
-        try:
-            s3.put_object(Bucket=p["bucket"], Key=p["key"], Body=json.dumps(doc, sort_keys=True).encode(),
-                          ServerSideEncryption="AES256", ContentType="application/json")
-        except Exception as exc:
-            fail_aws(module, exc, "recording the live manifest s3://%s/%s" % (p["bucket"], p["key"]))
+        put_record(module, s3, doc)
     module.exit_json(changed=True, recorded=True, release_id=doc["release_id"], dropped=nested)
+
+
+def mark_pending(module: AnsibleModule, s3: Any) -> None:
+    """Before an operation at dest: mark its record, and drop the related records it can make untrue."""
+    p = module.params
+    files = None
+    if p["source_key"]:
+        files = (read_json_object(s3, p["bucket"], p["source_key"]) or {}).get("files") or {}
+    before = read_record(s3, p["bucket"], p["key"])
+    if before.get("dest") != p["dest"]:
+        before = {}  # written before 0.2 (or for another destination): replaced by the mark
+    doc = dict(before, dest=p["dest"], pending=p["release_id"])
+    nested = drop_related(module, s3, files)
+    if not module.check_mode and doc != before:
+        put_record(module, s3, doc)
+    module.exit_json(changed=doc != before or bool(nested), recorded=before.get("files") is not None,
+                     release_id=before.get("release_id"), pending=p["release_id"], dropped=nested)
+
+
+def settle(module: AnsibleModule, s3: Any) -> None:
+    """The operation failed before it touched EFS: the record says what is live again. A mark of
+    another run (a later one marked it since) is left alone."""
+    p = module.params
+    before = read_record(s3, p["bucket"], p["key"])
+    if before.get("dest") != p["dest"] or not before.get("pending") or before["pending"] != p["release_id"]:
+        module.exit_json(changed=False, recorded=before.get("files") is not None, pending=before.get("pending"))
+    doc = {k: v for k, v in before.items() if k != "pending"}
+    if not module.check_mode:
+        if doc.get("files") is None:  # the mark was all there was
+            s3.delete_object(Bucket=p["bucket"], Key=p["key"])
+        else:
+            put_record(module, s3, doc)
+    module.exit_json(changed=True, recorded=doc.get("files") is not None, release_id=doc.get("release_id"),
+                     pending=None)
+
+
+def put_record(module: AnsibleModule, s3: Any, doc: dict[str, Any]) -> None:
+    p = module.params
+    try:
+        s3.put_object(Bucket=p["bucket"], Key=p["key"], Body=json.dumps(doc, sort_keys=True).encode(),
+                      ServerSideEncryption="AES256", ContentType="application/json")
+    except Exception as exc:
+        fail_aws(module, exc, "recording the live manifest s3://%s/%s" % (p["bucket"], p["key"]))
 
 
 def drop_legacy(module: AnsibleModule, s3: Any) -> bool:
@@ -340,7 +395,8 @@ def forget(module: AnsibleModule, s3: Any) -> None:
 
 def main() -> None:
     spec = dict(
-        state=dict(type="str", default="compared", choices=["compared", "present", "absent", "listed", "verified"]),
+        state=dict(type="str", default="compared",
+                   choices=["compared", "present", "absent", "pending", "settled", "listed", "verified"]),
         bucket=dict(type="str", required=True),
         key=dict(type="str", no_log=False),
         prefix=dict(type="str"),
@@ -357,6 +413,8 @@ def main() -> None:
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True,
                            required_if=[("state", "compared", ["path", "key"]), ("state", "present", ["key"]),
                                         ("state", "absent", ["key"]), ("state", "listed", ["prefix"]),
+                                        ("state", "pending", ["key", "dest", "release_id"]),
+                                        ("state", "settled", ["key", "dest", "release_id"]),
                                         ("state", "verified", ["prefix"])])
     require_boto3(module)
     s3 = client_from_params(module, "s3")
@@ -369,6 +427,10 @@ def main() -> None:
             verified(module, s3)
         if module.params["state"] == "absent":
             forget(module, s3)
+        if module.params["state"] == "pending":
+            mark_pending(module, s3)
+        if module.params["state"] == "settled":
+            settle(module, s3)
         record(module, s3)
     except Exception as exc:
         fail_aws(module, exc, "the live manifest s3://%s/%s" % (module.params["bucket"],

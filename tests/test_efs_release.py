@@ -16,6 +16,7 @@ from ansible.module_utils.reefguide.layout import target_key
 from ansible.module_utils.reefguide.params import with_defaults
 from ansible.module_utils.reefguide.paths import UnsafePathError
 from ansible.module_utils.reefguide.release import EFS_RELEASE_ARGS, run_efs_release
+from ansible.module_utils.reefguide.releases_store import ReleaseError
 
 from helpers import run_module
 
@@ -174,6 +175,42 @@ def test_rollback_without_a_previous_release_is_a_clear_error(efs: EFS) -> None:
     assert result.get("failed") and "no previous release" in result["msg"] and PKG in result["msg"]
     missing = efs.run({"target": PKG, "state": "rolled_back", "release_id": "nope"})
     assert missing.get("failed") and "nope" in missing["msg"]
+
+
+def test_a_staging_the_caller_found_unchanged_releases_nothing_and_prunes_nothing_it_would_not(efs: EFS) -> None:
+    """Re-staging what is live (after a rollback, or over a pending record) must not cut a release
+    that pushes a distinct kept one out of keep."""
+    first = ok(efs.release("r1", version(1), unchanged=True))  # no live release yet: released as usual
+    assert first["release_id"] == "r1" and first["live_changed"] is True and not first.get("unchanged")
+    ok(efs.release("r2", version(2), keep=1))
+    before = snapshot(efs.root)
+    same = ok(efs.release("r3", version(2), keep=1, unchanged=True))
+    assert same["unchanged"] and same["release_id"] == "r2" and same["previous_release_id"] == "r1", same
+    assert same["live_changed"] is False and same["pruned"] == [] and same["releases"] == ["r1"]
+    after = snapshot(efs.root)
+    assert after == {k: v for k, v in before.items() if k in after}  # nothing changed, the staged copy gone
+    assert not [k for k in after if k.startswith(".reefguide-staging/r3/pkg")]
+
+
+def test_a_failure_says_whether_what_is_live_may_have_changed(efs: EFS, monkeypatch) -> None:
+    """live_changed in the failed result: the caller's record of what is live is then not trusted."""
+    ok(efs.release("r1", version(1)))
+    refused = efs.run({"target": PKG, "state": "rolled_back"})  # nothing to roll back to: nothing touched
+    assert refused.get("failed") and refused["live_changed"] is False, refused
+    taken = efs.run({"target": PKG, "staging": efs.stage("r1", version(2)), "release_id": "r1"})
+    assert taken.get("failed") and "already used" in taken["msg"] and taken["live_changed"] is False, taken
+    staging = efs.stage("r2", version(2))
+    real_rename = os.rename
+
+    def fail_on_staging(src: Any, dst: Any, *a: Any, **kw: Any) -> None:
+        if str(src) == str(efs.root / staging):
+            raise OSError(5, "Input/output error", str(src))
+        real_rename(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "rename", fail_on_staging)
+    with pytest.raises(ReleaseError) as failed:  # the swap had begun
+        run_in_process(efs, target=PKG, staging=staging, release_id="r2", swap="rename")
+    assert failed.value.live_touched is True and "Input/output error" in str(failed.value)
 
 
 def test_release_prunes_to_keep_and_pruned_state_frees_bytes(efs: EFS) -> None:

@@ -18,11 +18,13 @@ import pytest
 
 from helpers import ROOT, VENV_BIN, ansible_env, run_playbook
 from lab import Lab, running_lab
+from live_records import digests, live_records
 
 INVENTORY = ROOT / "inventory" / "lab.yml"
 DEST = "data/reefguide/interrupted"
 
 
+RUNS = "^(PUT|GET) /%s/reefguide-efs/runs/"  # the requests the slow link holds (the bucket's name filled in)
 FILES = 300  # each transfer of them lasts seconds: every request to the runs' prefix has LATENCY
 LATENCY = 0.2  # seconds, at the upload's and the pull's 16 requests at a time: about 4 s each way
 
@@ -33,9 +35,27 @@ def ilab(tmp_path_factory):
     S3 goes through the fault proxy, which holds each transfer of a run's files LATENCY seconds
     (a slow link): a stage of a few hundred files lasts long enough to be interrupted mid-way."""
     with running_lab(tmp_path_factory.mktemp("ilab"), "--s3-faults", "0") as lab:
-        lab.ctl("faults", "--latency-seconds", str(LATENCY),
-                "--match", "^(PUT|GET) /%s/reefguide-efs/runs/" % re.escape(lab.bucket))
+        slow_link(lab)
         yield lab
+
+
+def slow_link(lab: Lab) -> None:
+    lab.ctl("faults", "--rate", "0", "--latency-seconds", str(LATENCY), "--match", RUNS % re.escape(lab.bucket))
+
+
+def hold_next(lab: Lab, pattern: str) -> None:
+    """Hold the next S3 request that matches pattern (until let_go): the slow link is off meanwhile."""
+    lab.ctl("faults", "--rate", "1", "--kinds", "stall", "--stall-seconds", "900", "--max-faults", "1",
+            "--latency-seconds", "0", "--match", pattern, "--reset-counters")
+
+
+def holding(lab: Lab) -> bool:
+    return lab.s3_faults()["counters"]["faults"] >= 1
+
+
+def let_go(lab: Lab) -> None:
+    lab.ctl("faults", "--release-stalls")
+    slow_link(lab)
 
 
 def make_src(root: Path, version: str, files: int = FILES) -> Path:
@@ -51,12 +71,12 @@ def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def start_stage(lab: Lab, src: Path) -> subprocess.Popen:
+def start_stage(lab: Lab, src: Path, dest: str = DEST) -> subprocess.Popen:
     env = ansible_env(lab.env)
     env["ANSIBLE_STDOUT_CALLBACK"] = "default"
     # its own process group, as a terminal's foreground job: Ctrl-C reaches all of it
     return subprocess.Popen([str(VENV_BIN / "ansible-playbook"), "-i", str(INVENTORY), "stage_data.yml",
-                             "-e", "src=%s" % src, "-e", "dest=%s" % DEST], cwd=ROOT, env=env,
+                             "-e", "src=%s" % src, "-e", "dest=%s" % dest], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -183,6 +203,9 @@ def test_instance_stopped_during_the_remote_part(ilab: Lab, tmp_path: Path) -> N
     assert proc.returncode != 0
     assert "Staging failed" in out and "stopped" in out, out[-4000:]
     assert tree(ilab.efs_path / DEST) == before
+    # said so, and the record's pending mark is off again: an identical re-stage may say "Nothing to do"
+    assert "Live data at %s untouched: the run failed before its release." % DEST in out, out[-4000:]
+    assert "pending" not in live_records(ilab)[DEST]
     assert ec2_state(ilab) == "stopped"
     # the run released its lock and kept its uploads; a plain re-run completes without uploading again
     assert len(run_keys(ilab)) >= FILES and "Uploads kept at" in out
@@ -192,6 +215,40 @@ def test_instance_stopped_during_the_remote_part(ilab: Lab, tmp_path: Path) -> N
     assert counts(again.stdout, "Upload") == (0, FILES)
     assert tree(ilab.efs_path / DEST) == tree(v2)
     assert run_keys(ilab) == []  # gone once staged
+
+
+def test_ctrl_c_right_after_the_release_leaves_no_record_that_lies(ilab: Lab, tmp_path: Path) -> None:
+    """The run is stopped after its release went live on EFS and before it wrote the record (the next
+    step's module held on its way to the instance, then Ctrl-C). The record stays marked pending:
+    neither a check run nor a recovery stage of the old data says "Nothing to do" while EFS holds the
+    new; the recovery stage puts the old data back, records it, and stops the instance that the
+    interrupted run started (it was running when the recovery began)."""
+    dest = DEST + "-release"
+    v1 = make_src(tmp_path / "v1", "v1-%s" % tmp_path.name, files=20)
+    v2 = make_src(tmp_path / "v2", "v2-%s" % tmp_path.name, files=20)
+    first = run_playbook(ilab.env, INVENTORY, "stage_data.yml", "-e", "src=%s" % v1, "-e", "dest=%s" % dest)
+    assert first.returncode == 0, first.stdout[-3000:]
+    hold_next(ilab, "AnsiballZ_efs_usage")  # the step after the release: EFS is measured
+    try:
+        proc = start_stage(ilab, v2, dest)
+        wait_for("the step after the release, held", lambda: holding(ilab), proc, timeout=300)
+        assert tree(ilab.efs_path / dest) == tree(v2)  # released
+        interrupt(proc)
+    finally:
+        let_go(ilab)
+    assert live_records(ilab)[dest].get("pending"), live_records(ilab)[dest]
+    check = run_playbook(ilab.env, INVENTORY, "stage_data.yml", "--check", "-e", "src=%s" % v1, "-e", "dest=%s" % dest)
+    assert check.returncode == 0 and "Nothing to do" not in check.stdout, check.stdout[-3000:]
+    assert "Plan: not known on the controller: run " in check.stdout, check.stdout[-3000:]
+    again = run_playbook(ilab.env, INVENTORY, "stage_data.yml", "-e", "src=%s" % v1, "-e", "dest=%s" % dest,
+                         "-e", "break_lock=true")
+    assert again.returncode == 0 and "Nothing to do" not in again.stdout, again.stdout[-3000:]
+    assert tree(ilab.efs_path / dest) == tree(v1)
+    record = live_records(ilab)[dest]
+    assert "pending" not in record
+    assert {rel: (e["size"], e["sha256"]) for rel, e in record["files"].items()} == digests(v1)
+    # the interrupted run started the instance and said so in its lock: the run that broke it stopped it
+    assert ec2_state(ilab) == "stopped"
 
 
 PULLED_FIRST = 50  # complete files in staging when the pull is killed

@@ -9,6 +9,8 @@ import os
 import shutil
 from pathlib import Path
 
+from ansible.module_utils.reefguide.layout import RELEASES_DIR, target_key
+
 from helpers import ROOT, run_playbook, tree
 from lab import Lab
 from live_records import NOTHING, live_records
@@ -31,6 +33,11 @@ def stage(lab: Lab, src: Path, dest: str) -> str:
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert tree(lab.efs_path / dest) == tree(src), "EFS:%s differs from the source" % dest
     return run.stdout
+
+
+def releases_of(lab: Lab, dest: str) -> list[Path]:
+    """The kept releases of dest on EFS."""
+    return [p for p in (lab.efs_path / RELEASES_DIR / target_key(dest)).iterdir() if p.is_dir()]
 
 
 def data_reads(reads: dict, names: list[str]) -> dict[str, int]:
@@ -67,7 +74,8 @@ def test_a_fresh_stage_reads_nothing_and_a_rollback_is_not_mistaken_for_unchange
     """After a rollback the files have the old inodes: the cache (of the newer version) must not
     answer for them, even when sizes and mtimes are equal. And the rollback, its dest given with a
     trailing slash (as a shell's completion writes it), drops the record of what was live: else the
-    next stage of v2 would say "Nothing to do" and never reach the instance."""
+    next stage of v2 would say "Nothing to do" and never reach the instance. A stage of v1 then (what
+    EFS holds again) cuts no release: a cache answering for the old inodes would have sent two files."""
     v1, v2, dest = tmp_path / "v1", tmp_path / "v2", "data/reefguide/reads-rollback"
     names = make_src(v1, 4)
     lab.efs_reads(reset=True)
@@ -83,5 +91,10 @@ def test_a_fresh_stage_reads_nothing_and_a_rollback_is_not_mistaken_for_unchange
     assert roll.returncode == 0, roll.stdout[-3000:]
     assert tree(lab.efs_path / dest) == tree(v1)
     assert dest not in live_records(lab)
+    kept = sorted(p.name for p in releases_of(lab, dest))
+    same = stage(lab, v1, dest)  # what EFS holds now: compared on the instance, no release cut
+    assert "No new release: EFS already held this data at %s" % dest in same, same[-3000:]
+    assert sorted(p.name for p in releases_of(lab, dest)) == kept and tree(lab.efs_path / dest) == tree(v1)
+    assert dest in live_records(lab)  # and recorded again
     out = stage(lab, v2, dest)  # compares the rolled-back v1 files with v2's: must find the two changed
     assert NOTHING not in out, out[-3000:]

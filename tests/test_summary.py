@@ -18,7 +18,7 @@ COUNTS = {"new": 1, "changed": 2, "removed": 0, "unchanged": 7, "local_files": 1
 def staged_run(**over: object) -> dict:
     run = {
         "stack_name": "reefguide-lab", "host": "lab", "check_mode": False, "deployment": DEPLOYMENT,
-        "request": REQUEST, "live": {"counts": COUNTS, "release_id": "r1"}, "nothing_to_do": False,
+        "request": REQUEST, "live": {"counts": COUNTS, "release_id": "r1", "recorded": True}, "nothing_to_do": False,
         "upload": {"transferred": {"files": 3, "bytes": 300}, "skipped": {"files": 7}},
         "stage": {"release_id": "r2", "previous_release_id": "r1",
                   "pull": {"transferred": {"files": 3, "bytes": 300}, "skipped": {"files": 7},
@@ -46,6 +46,15 @@ def test_a_successful_stage_says_what_travelled_the_release_and_how_to_roll_back
     assert lines[-1] == "EFS now holds 2.000 GiB (data/reefguide 2.0 GiB), about $0.64 a month at $0.30/GB-month"
 
 
+def test_a_stage_of_what_efs_already_held_says_no_release_was_cut() -> None:
+    lines = stage_summary(staged_run(stage=dict(staged_run()["stage"], release_id="r1", previous_release_id="r0",
+                                                unchanged=True)))
+    assert ("No new release: EFS already held this data at data/reefguide, so release r1 stays live (previous: r0) "
+            "and no kept release was pushed out. Roll back with: ansible-playbook rollback.yml -l lab "
+            "-e dest=data/reefguide") in lines
+    assert not [line for line in lines if line.startswith("Release ")]
+
+
 def test_the_bytes_the_pull_read_from_efs_are_shown_and_not_invented() -> None:
     pull = {"transferred": {"files": 1, "bytes": 9}, "skipped": {"files": 7}, "deleted": {"files": 0},
             "local_read": {"files": 1, "hashed_bytes": 1048576, "checksum_cache_bytes": 2210, "bytes": 1050786}}
@@ -69,11 +78,60 @@ def test_nothing_to_do_names_the_live_release_and_starts_nothing() -> None:
     assert not [line for line in lines if line.startswith(("Upload:", "Instance:", "Release"))]
 
 
+def test_nothing_to_do_says_when_a_run_holds_the_lock() -> None:
+    held = ("deployment is locked by run 20261207T0700Z-ab12 by ann@laptop since 2026-12-07T07:00:01Z (stage "
+            "data/reefguide). Wait for that run to finish; if it died, break the lock with: …")
+    lines = stage_summary(staged_run(nothing_to_do=True, upload={}, stage={}, lock_held=held))
+    assert ("Nothing to do: data/reefguide already holds this data (release r1); nothing uploaded, the instance "
+            "was not started. But the deployment is locked by run 20261207T0700Z-ab12 by ann@laptop since "
+            "2026-12-07T07:00:01Z (stage data/reefguide): if that run died, the instance it started may still be "
+            "running; ansible-playbook teardown.yml -e break_lock=true breaks the lock and stops it.") in lines
+
+
 def test_a_failure_says_where_the_uploads_are_kept() -> None:
     lines = stage_summary(staged_run(failure={"msg": "boom"}, stage={}))
     assert "FAILED: boom" in lines
     assert ("Uploads kept at s3://tb/reefguide-efs/runs/x/: a re-run sends only what is missing; "
             "teardown.yml removes them") in lines
+
+
+def test_a_failure_says_truthfully_whether_the_release_happened() -> None:
+    def said(**over: object) -> list[str]:
+        return [x for x in stage_summary(staged_run(failure={"msg": "boom"}, **over))
+                if x.startswith(("Live data", "The release"))]
+
+    assert said(stage={}) == ["Live data at data/reefguide untouched: the run failed before its remote part."]
+    assert said(stage={"live_changed": False}, record_pending=True) == [
+        "Live data at data/reefguide untouched: the run failed before its release."]
+    pending = ("Its record is marked pending, so the next stage there compares against what EFS holds "
+               "(staging either version again is safe).")
+    assert said(stage={"live_changed": True}, record_pending=True) == [
+        "The release happened: data/reefguide holds the new data, but the run failed after it. " + pending]
+    # the session or the instance lost during the release, or a result without the word: never "untouched"
+    for stage in ({"live_changed": None}, {}):
+        assert said(stage=stage, record_pending=True) == [
+            "The release may have happened: the run lost the instance or its session during it. %s "
+            "rollback.yml puts the previous release back." % pending]
+    # a run that did not fail says none of it
+    assert not [x for x in stage_summary(staged_run()) if x.startswith(("Live data", "The release"))]
+
+
+def test_the_plan_says_when_the_record_cannot_tell_what_is_live() -> None:
+    def plan(live: dict, **request: str) -> str:
+        run = staged_run(live=live, request=dict(REQUEST, **request))
+        return [x for x in stage_summary(run) if x.startswith("Plan:")][0]
+
+    none = {"counts": dict(COUNTS, new=10, unchanged=0), "recorded": False}
+    assert plan(none, mode="replace") == (
+        "Plan: no record of what is live at data/reefguide (never staged there, or its record was dropped): every "
+        "file is compared on the instance with what EFS holds; mode replace removes there whatever src lacks "
+        "(10 files, 1234 bytes locally)")
+    assert "removes" not in plan(none)  # merge removes nothing
+    marked = {"counts": COUNTS, "recorded": True, "release_id": "r1", "pending": "20261207T0700Z-abc"}
+    assert plan(marked) == (
+        "Plan: not known on the controller: run 20261207T0700Z-abc was interrupted at data/reefguide before it "
+        "recorded what it did, so the record is not taken for what is live; every file is compared on the "
+        "instance with what EFS holds (10 files, 1234 bytes locally)")
 
 
 def instance_line(**over: object) -> str:

@@ -50,6 +50,9 @@ class Release(ReleaseTarget):
         if not os.path.lexists(self.staging):
             self.already_released(live)
             return
+        if self.p["unchanged"] and live:
+            self.nothing_new(live)
+            return
         new_id = self.wanted_new_id()
         retired, out_id, steps = self.plan_outgoing(live, self.staging, new_id)
         files, size = tree_size(self.staging)
@@ -86,6 +89,7 @@ class Release(ReleaseTarget):
     def go_live(self, op: str, incoming: str, in_id: str, retired: Optional[dict[str, Any]],
                 live_after: dict[str, Any], steps: list[dict[str, Any]]) -> None:
         """Journal, carry the entries over, swap, record: the one path that changes what is live."""
+        self.live_touched = True
         self.journal(op, incoming, in_id, retired, live_after, moved_entries(steps))
         self.do_carry(steps, incoming)
         self.report_carry(steps)
@@ -102,6 +106,18 @@ class Release(ReleaseTarget):
         self.ensure_cache_only()
         self.keep_and_prune(live)
         self.result["msg"] = "%s is already live at %s" % (live["release_id"], self.target_rel)
+
+    def nothing_new(self, live: dict[str, Any]) -> None:
+        """unchanged: the caller found the staged tree equal to the live one (a fresh hard-link copy
+        of it that the pull left as it was). A release would only push a distinct one out of keep."""
+        remove_tree(self.root, self.staging, dry_run=self.check)
+        if not self.check:
+            remove_empty_parents(self.root, self.staging)
+        self.result.update(release_id=live["release_id"], previous_release_id=self.previous_id(), unchanged=True)
+        self.ensure_cache_only()
+        self.keep_and_prune(live)
+        self.result["msg"] = "%s at %s already holds what was staged: nothing released" % (
+            live["release_id"], self.target_rel)
 
     def ensure_cache_only(self) -> None:
         """The cache must exist even when nothing is released."""
@@ -237,7 +253,12 @@ def run_target(host: Any, params: dict[str, Any], check: bool, diff: bool, root:
             rel.rollback()
         else:
             rel.pruned_state()
-        return rel.finalize()
+        result = rel.finalize()
+        result["live_changed"] = rel.live_touched
+        return result
+    except (ReleaseError, OSError) as exc:
+        exc.live_touched = rel.live_touched  # type: ignore[union-attr]  (see run_efs_release)
+        raise
     finally:
         rel.unlock()
 
@@ -321,6 +342,7 @@ EFS_RELEASE_ARGS: dict[str, Any] = dict(
     target=dict(type="str"),
     staging=dict(type="str"),
     staging_area=dict(type="str"),
+    unchanged=dict(type="bool", default=False),
     state=dict(type="str", choices=["released", "rolled_back", "pruned"], default="released"),
     keep=dict(type="int", default=2),
     release_id=dict(type="str"),
@@ -339,7 +361,10 @@ def run_efs_release(host: Any, params: dict[str, Any], check: bool = False, diff
     """Do what efs_release does and return its result dict. host provides
     warn(msg) (an AnsibleModule does); params are efs_release's (see
     params.with_defaults). Raises ReleaseError or UnsafePathError; an
-    OSError is turned into a ReleaseError naming the path."""
+    OSError is turned into a ReleaseError naming the path. A ReleaseError's
+    live_touched says whether what is live may have changed before it (a
+    swap begun, an interrupted one repaired, the release done and a later
+    step failed): the run's record of what is live must then not be trusted."""
     if params["keep"] < 0:
         raise ReleaseError("keep must be 0 or more, got %d" % params["keep"])
     for key, value, needed in EFS_RELEASE_REQUIRED_IF:
@@ -349,15 +374,22 @@ def run_efs_release(host: Any, params: dict[str, Any], check: bool = False, diff
     if problem:
         raise ReleaseError(problem)
     root = os.path.realpath(params["root"])
+    released = False
     try:
         if params["state"] == "pruned":
             return prune_state(host, params, check, diff, root)
         target_rel = safe_relpath(params["target"], "target")
         area = staging_area(params, root, target_rel)
         result = run_target(host, params, check, diff, root, target_rel)
+        released = bool(result.get("swap_method")) and not check
         if area and not result.get("failed"):
             files, size = remove_tree(root, area, dry_run=check)
             result["staging_area_removed"] = {"files": files, "bytes": size}
         return result
     except OSError as exc:
-        raise ReleaseError("%s: %s (%s)" % (exc.strerror, exc.filename, type(exc).__name__)) from exc
+        error = ReleaseError("%s: %s (%s)" % (exc.strerror, exc.filename, type(exc).__name__))
+        error.live_touched = getattr(exc, "live_touched", released)  # type: ignore[attr-defined]
+        raise error from exc
+    except ReleaseError as exc:
+        exc.live_touched = getattr(exc, "live_touched", released)  # type: ignore[attr-defined]
+        raise

@@ -76,6 +76,7 @@ class ReleaseTarget:
             raise ReleaseError(str(exc)) from exc
         self.history: dict[str, Any] = {}
         self.lock_fd: Optional[int] = None
+        self.live_touched = False  # set once this call may have changed what is live (see run_efs_release)
         self.kept_after: Optional[list[str]] = None
         self._nested: Optional[list[str]] = None
         self.result: dict[str, Any] = {
@@ -135,6 +136,7 @@ class ReleaseTarget:
                 self.lock_fd = lock_target(self.key_dir, self.target_rel, self.p["lock_timeout"])
         self.history = load_history(self.key_dir, self.target_rel)
         if self.history.get("pending"):
+            self.live_touched = not self.check  # finishing or undoing an interrupted swap changes what is live
             self.result["recovered"] = self.recover()
 
     def unlock(self) -> None:
