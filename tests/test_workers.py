@@ -161,6 +161,14 @@ def test_restart_workers_starts_new_deployments_and_the_workers_mount_afresh(wla
     never_hurt(wlab)
     assert_reads(wlab, V3)
 
+    # the same data again: nothing to stage, and the restart asked for still happens (it was dropped)
+    same = stage_root(wlab, tmp_path / "v3", "-e", "restart_workers=true")
+    restarted = primary_deployments(wlab)
+    assert "Nothing to do" in same and "Workers restarted (restart_workers=true)" in same, same[-3000:]
+    assert all(restarted[s] != after[s] for s in after), (after, restarted)
+    after = restarted
+    standins_follow(wlab, after)
+
     out = play(wlab, "rollback.yml", "-e", "preset=reefguide_data", "-e", "restart_workers=true")
     again = primary_deployments(wlab)
     assert all(again[s] != after[s] for s in after) and "Workers restarted (restart_workers=true)" in out
