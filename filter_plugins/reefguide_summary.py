@@ -260,7 +260,21 @@ def teardown_summary(run: dict[str, Any]) -> list[str]:
     return lines
 
 
+def rollback_line(rollback: dict[str, Any], dest: str) -> str:
+    """What rollback.yml says it did: only what it did, and a roll-forward only to a release that is kept."""
+    live, replaced = rollback.get("release_id") or "?", rollback.get("previous_release_id")
+    if not rollback.get("changed"):
+        return ("Nothing rolled back: release %s is already live at %s (put back by an earlier rollback). To go "
+                "further back or forward, give -e release_id=<a kept release>%s." % (
+                    live, dest, ("; the newest kept is %s" % replaced) if replaced else ""))
+    if not replaced:
+        return "%s: release %s is live again; nothing was live before it, so there is nothing to roll forward to." % (
+            dest, live)
+    return "%s: release %s is live again (it replaced %s, which is kept: roll forward with -e release_id=%s)" % (
+        dest, live, replaced, replaced)
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {"reefguide_stage_summary": stage_summary, "reefguide_teardown_summary": teardown_summary,
-                "reefguide_workers_summary": workers_summary}
+                "reefguide_workers_summary": workers_summary, "reefguide_rollback_line": rollback_line}

@@ -51,7 +51,10 @@ files:
   returned: always
   type: int
 areas:
-  description: Bytes per top-level entry of the root (e.g. data, .reefguide-releases, .reefguide-staging).
+  description: >-
+    Bytes per top-level entry of the root (e.g. data, .reefguide-releases, .reefguide-staging); a file
+    hard-linked from several counts once, to the first of them, what is live (the entries not starting
+    with a dot) first.
   returned: always
   type: dict
 complete:
@@ -132,7 +135,9 @@ def main() -> None:
     except ValueError as exc:
         module.fail_json(msg=str(exc))
     walk = Walk(root, time.time() + module.params["max_seconds"], Fingerprints(dests, excluded))
-    areas = {top: walk.area(top) for top in sorted(os.listdir(root))}
+    # what is live first: a file hard-linked from a kept release or a staging copy counts once, to the
+    # live tree (sorted by name, .reefguide-releases came first and took the credit for live files)
+    areas = {top: walk.area(top) for top in sorted(os.listdir(root), key=lambda name: (name.startswith("."), name))}
     prints = walk.prints.digests(root) if walk.complete else {}
     module.exit_json(changed=False, bytes=sum(areas.values()), files=walk.files, areas=areas,
                      complete=walk.complete, fingerprints=prints)

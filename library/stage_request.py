@@ -200,6 +200,7 @@ staging:
 """
 
 import os
+import shutil
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.reefguide.archives import (
@@ -213,8 +214,10 @@ from ansible.module_utils.reefguide.archives import (
 )
 from ansible.module_utils.reefguide.inputs import InputError, whole_number
 from ansible.module_utils.reefguide.layout import (
+    CACHE,
     PRESETS,
     DestinationError,
+    cache_inside,
     check_allowed,
     destination_facts,
     resolve_destination,
@@ -224,6 +227,17 @@ from ansible.module_utils.reefguide.paths import UnsafePathError, safe_relpath
 
 class RequestError(ValueError):
     pass
+
+
+def check_no_cache(tree: str, dest: str, src: str) -> None:
+    """The workers' cache is theirs: every stage keeps it as it is, so a src that has an entry where
+    it lies would fail at the release, after the upload and the instance start."""
+    inside = cache_inside(dest)
+    if inside and os.path.lexists(os.path.join(tree, inside)):
+        raise RequestError(
+            "src %s has %r, which lands on the workers' cache (EFS:%s) when staged to %s: every stage keeps "
+            "the cache as it is (the workers fill it; clear_cache=true empties it). Remove %r from src, "
+            "or stage into a destination below %s" % (src, inside, CACHE, dest, inside, CACHE.rsplit("/", 1)[0]))
 
 
 def main() -> None:
@@ -267,12 +281,18 @@ def main() -> None:
         if os.path.isfile(src) and archive_kind(src):
             kind = "archive"
             upload_path = unpack(src, p["unpack_dir"], run_id, p["max_unpacked_bytes"], p["max_members"])
+            try:
+                check_no_cache(upload_path, dest, src)
+            except RequestError:
+                shutil.rmtree(upload_path, ignore_errors=True)  # this call made it (unpack refuses an existing one)
+                raise
         elif os.path.isfile(src):
             kind = "file"
         elif not os.path.isdir(src):
             raise RequestError(describe_special(src))
         else:
             check_has_regular_file(src)
+            check_no_cache(src, dest, src)
     except (RequestError, DestinationError, InputError, UnsafePathError, ArchiveError) as exc:
         module.fail_json(msg="stage request refused, nothing started: %s" % exc)
 

@@ -83,6 +83,14 @@ def test_usage_is_counted_as_before(efs: Path) -> None:
     r = run_module("efs_usage", {"root": str(efs)})
     assert (r["bytes"], r["files"], r["fingerprints"]) == (1006, 2, {})
     assert r["areas"] == {"data": 1006}
+    # a kept release sharing a live file (hard link): the live tree keeps the credit, the release
+    # holds only its own bytes (before: sorted by name, .reefguide-releases took the live file's)
+    kept = efs / ".reefguide-releases" / "key" / "r1"
+    kept.mkdir(parents=True)
+    os.link(efs / DEST / "layers" / "depth.tif", kept / "depth.tif")
+    (kept / "old.csv").write_bytes(b"o" * 7)
+    r = run_module("efs_usage", {"root": str(efs)})
+    assert list(r["areas"].items()) == [("data", 1006), (".reefguide-releases", 7)], r["areas"]
 
 
 def test_a_bad_destination_is_refused(efs: Path) -> None:

@@ -290,3 +290,31 @@ def test_a_long_dest_gets_keys_that_fit_s3_and_efs(tmp_path, src) -> None:
     assert not r.get("failed") and r["dest"] == dest, r
     assert len(r["dest_key"].encode()) <= 200 and len(r["run_prefix"].encode()) < 1024 - 512
     assert max(len(part.encode()) for part in r["staging"].split("/")) <= 255
+
+
+def test_a_src_with_an_entry_where_the_workers_cache_lies_is_refused_before_anything_starts(tmp_path) -> None:
+    """Every stage keeps the workers' cache: such a src used to fail only at the release."""
+    as_dir = tmp_path / "as-dir"
+    (as_dir / "cache").mkdir(parents=True)
+    (as_dir / "cache" / "tile.bin").write_bytes(b"x")
+    (as_dir / "config.toml").write_text("x = 1\n")
+    as_file = tmp_path / "as-file"
+    as_file.mkdir()
+    (as_file / "cache").write_text("not a directory\n")
+    deeper = tmp_path / "deeper"
+    (deeper / "reefguide" / "cache").mkdir(parents=True)
+    (deeper / "reefguide" / "config.toml").write_text("x = 1\n")
+    for src, dest in ((as_dir, "data/reefguide"), (as_file, "data/reefguide"), (deeper, "data")):
+        r = req(tmp_path, src=str(src), dest=dest, allowed_roots=["data"])
+        assert r.get("failed") and "nothing started" in r["msg"], (src, r)
+        inside = "reefguide/cache" if dest == "data" else "cache"
+        assert ("src %s has %r, which lands on the workers' cache (EFS:data/reefguide/cache)" % (src, inside)
+                in r["msg"]) and "Remove %r from src" % inside in r["msg"], r["msg"]
+    # below the workers' root a directory named cache is just data
+    assert not req(tmp_path, src=str(as_dir), dest="data/reefguide/pkg").get("failed")
+    archive = tmp_path / "with-cache.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(as_dir, arcname=".")
+    r = req(tmp_path, src=str(archive), dest="data/reefguide")
+    assert r.get("failed") and "lands on the workers' cache" in r["msg"], r
+    assert holds_nothing(tmp_path / "unpacked")  # what the refused request unpacked is gone

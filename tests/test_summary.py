@@ -8,7 +8,7 @@ from helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "filter_plugins"))
 
-from reefguide_summary import FilterModule, stage_summary, teardown_summary, timeline  # noqa: E402
+from reefguide_summary import FilterModule, rollback_line, stage_summary, teardown_summary, timeline  # noqa: E402
 
 DEPLOYMENT = {"instance_id": "i-0abc", "bucket": "tb", "efs_id": "fs-12345678"}
 REQUEST = {"dest": "data/reefguide", "mode": "merge", "upload_path": "/data/in", "run_prefix": "reefguide-efs/runs/x/"}
@@ -202,7 +202,7 @@ def test_teardown_check_without_the_instance_says_efs_was_not_inspected() -> Non
 
 def test_the_filters_are_registered_under_their_names() -> None:
     assert set(FilterModule().filters()) == {"reefguide_stage_summary", "reefguide_teardown_summary",
-                                             "reefguide_workers_summary"}
+                                             "reefguide_workers_summary", "reefguide_rollback_line"}
 
 
 def test_the_summary_says_what_running_workers_saw_and_names_the_restart() -> None:
@@ -234,3 +234,16 @@ def test_records_that_efs_no_longer_agrees_with_are_named() -> None:
         assert any(line.startswith("Records dropped, EFS changed there since their release") and
                    "data/reefguide/hand" in line for line in lines), lines
     assert not any(line.startswith("Records dropped") for line in stage_summary(staged_run()))
+
+
+def test_a_rollback_says_only_what_it_did_and_offers_only_a_kept_release() -> None:
+    assert rollback_line({"changed": True, "release_id": "r1", "previous_release_id": "r2"}, "data/x") == (
+        "data/x: release r1 is live again (it replaced r2, which is kept: roll forward with -e release_id=r2)")
+    # a second rollback finds it done: it says so, not "it replaced"
+    assert rollback_line({"changed": False, "release_id": "r1", "previous_release_id": "r0"}, "data/x") == (
+        "Nothing rolled back: release r1 is already live at data/x (put back by an earlier rollback). To go "
+        "further back or forward, give -e release_id=<a kept release>; the newest kept is r0.")
+    # nothing was live before: no "-e release_id=None" to copy
+    line = rollback_line({"changed": True, "release_id": "r1", "previous_release_id": None}, "data/x")
+    assert "None" not in line and "nothing to roll forward to" in line
+    assert FilterModule().filters()["reefguide_rollback_line"] is rollback_line

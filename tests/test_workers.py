@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -170,6 +171,8 @@ def test_restart_workers_starts_new_deployments_and_the_workers_mount_afresh(wla
     standins_follow(wlab, after)
 
     out = play(wlab, "rollback.yml", "-e", "preset=reefguide_data", "-e", "restart_workers=true")
+    assert re.search(r"data/reefguide: release \S+ is live again \(it replaced (\S+), which is kept: roll forward "
+                     r"with -e release_id=\1\)", out), out[-3000:]
     again = primary_deployments(wlab)
     assert all(again[s] != after[s] for s in after) and "Workers restarted (restart_workers=true)" in out
     standins_follow(wlab, again)
