@@ -23,8 +23,8 @@ def pytest_configure(config: pytest.Config) -> None:
     """Registers the 'full' marker (set in pytest_collection_modifyitems).
 
     Under pytest-xdist each worker gets a TMPDIR of its own: runs write their
-    progress files and unpack archives in $TMPDIR under names fixed per host
-    ('reefguide-efs-pull-lab.json'), which two workers' labs would share."""
+    progress files (named per host and run) and unpack archives in $TMPDIR: each worker's own
+    keeps its files apart and lets a test find its run's."""
     config.addinivalue_line("markers", "full: needs a lab, a server or the instance's Python: make test only")
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker:

@@ -87,7 +87,11 @@ def test_a_pull_several_idle_timeouts_long_completes(strict: Lab, tmp_path: Path
     assert ssm(strict)["sessions_ended"]["idle"] == ended  # the session was never idle that long
     assert ssm(strict)["module_transfers"].get("s3_sync", 0) == transfers + 1  # exactly one pull started
     assert re.search(r"pull: transferring, \d/4 files", run.stdout), run.stdout[-4000:]  # progress while it ran
-    progress = json.loads(Path(os.environ.get("TMPDIR", "/tmp"), "reefguide-efs-pull-lab.json").read_text())
+    # named per run (two runs on one machine never share one): this worker's TMPDIR holds this run's
+    runs = sorted(Path(os.environ.get("TMPDIR", "/tmp")).glob("reefguide-efs-pull-lab-*.json"),
+                  key=lambda p: p.stat().st_mtime)
+    assert runs and re.match(r"reefguide-efs-pull-lab-\d{8}T\d{6}Z-", runs[-1].name), runs
+    progress = json.loads(runs[-1].read_text())
     assert progress["step"] == "pull" and progress["files_total"] == 4
     assert ec2_state(strict) == "stopped"
 
