@@ -39,6 +39,11 @@ def test_presets_resolve_with_their_default_modes(tmp_path, src) -> None:
     assert (r["cache_in_dest"], r["cache"]) == ("cache", "data/reefguide/cache")
     r = req(tmp_path, src=str(src), preset="adria_datapackage", package="Moore_2025-01-17_v070_rc1")
     assert (r["dest"], r["mode"]) == ("data/reefguide/adria/datapackages/Moore_2025-01-17_v070_rc1", "replace")
+    # one rule, however the destination is spelled: the workers' root (and what holds it) merges
+    for dest, mode in (("data/reefguide", "merge"), ("data/reefguide/", "merge"), ("data", "merge"),
+                       ("data/reefguide/x", "replace"), ("data/other", "replace")):
+        r = req(tmp_path, src=str(src), dest=dest, allowed_roots=["data"])
+        assert (r["dest"], r["mode"]) == (dest.rstrip("/"), mode), r
     r = req(tmp_path, src=str(src), dest="data/reefguide/criteria/", mode="mirror")
     assert (r["dest"], r["mode"]) == ("data/reefguide/criteria", "mirror")
 

@@ -113,8 +113,14 @@ class DestinationError(ValueError):
     """A destination the user gave that cannot be used; the message says what to give instead."""
 
 
+def default_mode(dest: str) -> str:
+    """One rule, however the destination is spelled (dest= or preset=): merge for the workers' root and
+    what holds it (a src never deletes the rest of the workers' data unasked), replace below it."""
+    return "merge" if holds_workers_root(dest) else "replace"
+
+
 def resolve_destination(dest: Optional[str], preset: Optional[str], package: Optional[str]) -> tuple[str, str]:
-    """(destination relative to the EFS root, the preset's default mode) from dest or preset."""
+    """(destination relative to the EFS root, its default mode) from dest or preset."""
     if dest and preset:
         raise DestinationError("give dest or preset, not both")
     if preset and preset not in PRESETS:
@@ -124,11 +130,11 @@ def resolve_destination(dest: Optional[str], preset: Optional[str], package: Opt
             raise DestinationError("preset adria_datapackage needs package=<name> (e.g. Moore_2025-01-17_v070_rc1)")
         if not PACKAGE_NAME.match(package):
             raise DestinationError("package %r is not a plain name (letters, digits, . _ + -)" % package)
-        return PRESETS["adria_datapackage"] + "/" + package, "replace"
+        return PRESETS["adria_datapackage"] + "/" + package, default_mode(PRESETS["adria_datapackage"] + "/" + package)
     if package:
         raise DestinationError("package is only used with preset=adria_datapackage")
     if preset == "reefguide_data":
-        return PRESETS["reefguide_data"], "merge"
+        return PRESETS["reefguide_data"], default_mode(PRESETS["reefguide_data"])
     if not dest:
         raise DestinationError("say where: dest=<path under the EFS root> or preset=reefguide_data|adria_datapackage")
     if dest.startswith("/"):
@@ -138,9 +144,10 @@ def resolve_destination(dest: Optional[str], preset: Optional[str], package: Opt
                                "file's key is the destination's plus the file's path)"
                                % (len(os.fsencode(dest)), MAX_DEST_BYTES))
     try:
-        return safe_relpath(dest, "dest"), "replace"
+        clean = safe_relpath(dest, "dest")
     except UnsafePathError as exc:
         raise DestinationError(str(exc))
+    return clean, default_mode(clean)
 
 
 def check_allowed(path: str, roots: list[str], what: str = "dest") -> None:
