@@ -330,7 +330,8 @@ class ActionModule(ActionBase):
         }, changes_live=bool(a["remove"]))
         freed = int(prune.get("bytes_freed") or 0) + int(tidy.get("bytes_freed") or 0)
         return {"changed": bool(prune.get("changed") or tidy.get("changed")), "bytes_freed": freed,
-                "pruned": prune.get("pruned", []), "removed": tidy.get("removed", [])}
+                "pruned": prune.get("pruned", []), "removed": tidy.get("removed", []),
+                "kept_as_release": tidy.get("kept_as_release", [])}
 
     def rollback(self, a: dict[str, Any], root: str, user: str) -> dict[str, Any]:
         args = {"root": root, "target": a["dest"], "state": "rolled_back"}

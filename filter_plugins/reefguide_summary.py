@@ -252,6 +252,11 @@ def teardown_summary(run: dict[str, Any]) -> list[str]:
                          freed, "to free" if check else "freed", freed / GiB, freed / GB * price, price,
                          [p.get("release_id", "?") for p in efs.get("pruned") or []],
                          [r.get("path") for r in efs.get("removed") or []]))
+        for kept in efs.get("kept_as_release") or []:
+            lines.append("%s %s as release %s (%d bytes), not deleted: ansible-playbook rollback.yml -e dest=%s "
+                         "puts it back, until a teardown's keep prunes it" % (
+                             kept.get("target"), "would be kept" if check else "kept", kept.get("release_id"),
+                             int(kept.get("bytes") or 0), kept.get("target")))
     else:
         lines.append("EFS: not inspected (a check run does not start the stopped instance)")
     lines.extend(_dropped_line(run))

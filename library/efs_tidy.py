@@ -18,6 +18,10 @@ description:
     (C(data)) and their C(cache/) with what is in it are never removed, whether named or reached
     through symlinked parents; only the cache itself may be emptied.
   - A symlink is removed as a link; its target is never followed or touched.
+  - Released data is never simply deleted. A path in O(remove) that is a destination with releases of
+    its own (staged by stage_data.yml), or holds such destinations, keeps each one's version as a
+    release in C(.reefguide-releases) (C(kept_as_release)); C(rollback.yml) puts it back until
+    teardown's C(keep) prunes it. The rest of the path is deleted.
   - Runs on the instance, with become.
 version_added: "0.1.0"
 author: reefguide-efs developers
@@ -78,6 +82,14 @@ removed:
   type: list
   elements: dict
   sample: [{"path": ".reefguide-staging", "files": 12, "bytes": 1048576}]
+kept_as_release:
+  description: >-
+    The destinations with releases of their own at or below a removed path, whose versions were (or
+    would be) kept as releases instead of deleted: target, release_id, files and bytes.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"target": "data/reefguide/adria/datapackages/old", "release_id": "20261207T070000Z", "bytes": 10}]
 emptied:
   description: Directories emptied, with the files that were in them and the bytes freed.
   returned: always
@@ -105,6 +117,7 @@ from ansible.module_utils.reefguide.layout import (
     WORKERS_ROOT,
     efs_root_problem,
     removal_problem,
+    target_key,
 )
 from ansible.module_utils.reefguide.paths import (
     UnsafePathError,
@@ -113,6 +126,8 @@ from ansible.module_utils.reefguide.paths import (
     safe_join,
     safe_relpath,
 )
+from ansible.module_utils.reefguide.release import retire_target
+from ansible.module_utils.reefguide.releases_store import ReleaseError, nested_release_targets
 
 
 def check_path(root: str, rel: str, allowed: list[str], emptying: bool = False) -> str:
@@ -133,13 +148,43 @@ def check_path(root: str, rel: str, allowed: list[str], emptying: bool = False) 
     return path
 
 
-def remove_all(root: str, removals: list[tuple[str, str]], dry_run: bool, freed: FreedBytes) -> list[dict[str, Any]]:
-    """Delete each (rel, path) that exists; what each held and freed."""
+def released_within(root: str, rel: str) -> list[str]:
+    """The destinations with releases of their own at or below rel, deepest first."""
+    releases_root = os.path.join(root, RELEASES_DIR)
+    norm = safe_relpath(rel, "path")
+    below = sorted((norm + "/" + sub for sub in nested_release_targets(releases_root, norm)),
+                   key=lambda t: (-t.count("/"), t))
+    return below + ([norm] if os.path.isdir(os.path.join(releases_root, target_key(norm))) else [])
+
+
+def keep_released(module: AnsibleModule, root: str, removals: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Each released destination at or below a path to remove: its version kept as a release."""
+    kept = []
+    for rel, _path in removals:
+        if safe_relpath(rel, "path").split("/")[0] in (RELEASES_DIR, STAGING_DIR):
+            continue  # the tool's own areas hold no live version
+        for target in released_within(root, rel):
+            done = retire_target(module, root, target, module.check_mode)
+            if done:
+                kept.append(done)
+    return kept
+
+
+def remove_all(root: str, removals: list[tuple[str, str]], dry_run: bool, freed: FreedBytes,
+               kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Delete each (rel, path) that exists, less what was kept as a release; what each held and freed
+    (in check mode what is kept is still there, and left out of the count)."""
     removed = []
     for rel, path in removals:
-        if os.path.lexists(path):
+        norm = safe_relpath(rel, "path")
+        inner = [k["target"][len(norm) + 1:] for k in kept if k["target"].startswith(norm + "/")]
+        if not os.path.lexists(path) or any(k["target"] == norm for k in kept):
+            continue
+        if dry_run and inner:
+            files, size = freed.tree(path, inner)
+        else:
             files, size = remove_tree(root, path, dry_run, freed)
-            removed.append({"path": rel, "files": files, "bytes": size})
+        removed.append({"path": rel, "files": files, "bytes": size})
     return removed
 
 
@@ -190,7 +235,12 @@ def main() -> None:
             module.fail_json(msg="refused, nothing deleted: %r is not a directory" % rel)
 
     freed = FreedBytes()  # one tally: a file linked from two deleted paths counts once
-    removed = remove_all(root, removals, module.check_mode, freed)
+    try:
+        kept = keep_released(module, root, removals)
+    except (ReleaseError, OSError) as exc:
+        module.fail_json(msg="keeping the released data at a path to remove as a release failed, nothing "
+                             "deleted: %s" % exc, live_changed=bool(getattr(exc, "live_touched", True)))
+    removed = remove_all(root, removals, module.check_mode, freed, kept)
     emptied, created = empty_all(root, empties, module.check_mode, freed)
 
     total_files = sum(r["files"] for r in removed + emptied)
@@ -198,9 +248,11 @@ def main() -> None:
     lines = ["- %s (%d files, %s)" % (r["path"], r["files"], human_bytes(r["bytes"])) for r in removed]
     lines += ["- %s/* (%d files, %s)" % (r["path"], r["files"], human_bytes(r["bytes"])) for r in emptied]
     lines += ["+ %s/ (created)" % rel for rel in created]
+    lines += ["> %s kept as release %s (%s)" % (k["target"], k["release_id"], human_bytes(k["bytes"] or 0))
+              for k in kept]
     module.exit_json(
-        changed=bool(removed or emptied or created),
-        removed=removed, emptied=emptied, created=created,
+        changed=bool(removed or emptied or created or kept),
+        removed=removed, emptied=emptied, created=created, kept_as_release=kept,
         files_removed=total_files, bytes_freed=total_bytes,
         diff={"before_header": "%s (to delete)" % root, "before": "\n".join(lines) + ("\n" if lines else ""),
               "after_header": "%s (after)" % root, "after": ""},

@@ -136,3 +136,33 @@ def test_with_require_mount_a_mounted_root_is_used(tmp_path) -> None:
         assert not r.get("failed") and not (root / "data/reefguide/old").exists(), r
     finally:
         subprocess.run(["umount", str(root)], check=True)
+
+
+def test_released_data_in_a_removal_is_kept_as_a_release_that_rollback_brings_back(tmp_path) -> None:
+    """Issue 23: a remove that reaches a destination with releases of its own (or holds one) keeps
+    each version as a release instead of deleting it; check mode says so, with the bytes of each."""
+    root, _ = make_efs(tmp_path)
+    pkg, inner = "data/reefguide/pkg", "data/reefguide/adria/datapackages/p2"
+    for target, size in ((pkg, 300), (inner, 40)):
+        staging = root / ".reefguide-staging" / "s" / target.rsplit("/", 1)[1]
+        staging.mkdir(parents=True)
+        (staging / "layer.tif").write_bytes(b"p" * size)
+        done = run_module("efs_release", {"root": str(root), "target": target, "release_id": "r1",
+                                          "staging": str(staging.relative_to(root))})
+        assert not done.get("failed"), done
+    (root / "data" / "reefguide" / "adria" / "notes.txt").write_bytes(b"n" * 7)  # not released: deleted
+    args = {"root": str(root), "remove": [pkg, "data/reefguide/adria"]}
+    plan = run_module("efs_tidy", args, check=True)
+    kept = [(k["target"], k["release_id"], k["bytes"]) for k in plan["kept_as_release"]]
+    assert kept == [(pkg, "r1", 300), (inner, "r1", 40)], plan
+    assert plan["removed"] == [{"path": "data/reefguide/adria", "files": 1, "bytes": 7}], plan["removed"]
+    assert (root / pkg / "layer.tif").exists() and (root / inner / "layer.tif").exists()
+
+    done = run_module("efs_tidy", args)
+    assert done["kept_as_release"] == plan["kept_as_release"] and done["removed"] == plan["removed"], done
+    assert not (root / pkg).exists() and not (root / "data" / "reefguide" / "adria").exists()
+    back = run_module("efs_release", {"root": str(root), "target": inner, "state": "rolled_back"})
+    assert not back.get("failed") and back["release_id"] == "r1", back
+    assert (root / inner / "layer.tif").read_bytes() == b"p" * 40
+    assert run_module("efs_release", {"root": str(root), "target": pkg, "state": "rolled_back"})["release_id"] == "r1"
+    assert (root / pkg / "layer.tif").read_bytes() == b"p" * 300

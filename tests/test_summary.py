@@ -247,3 +247,13 @@ def test_a_rollback_says_only_what_it_did_and_offers_only_a_kept_release() -> No
     line = rollback_line({"changed": True, "release_id": "r1", "previous_release_id": None}, "data/x")
     assert "None" not in line and "nothing to roll forward to" in line
     assert FilterModule().filters()["reefguide_rollback_line"] is rollback_line
+
+
+def test_a_removal_of_released_data_says_it_is_kept_and_how_to_bring_it_back() -> None:
+    efs = {"bytes_freed": 0, "pruned": [], "removed": [],
+           "kept_as_release": [{"target": "data/reefguide/pkg", "release_id": "r7", "bytes": 1234}]}
+    for check, verb in ((False, "kept"), (True, "would be kept")):
+        lines = teardown_summary({"check_mode": check, "s3": {}, "efs": efs, "price_per_gb_month": 0.3,
+                                  "deployment": {"instance_id": "i-1"}})
+        assert ("data/reefguide/pkg %s as release r7 (1234 bytes), not deleted: ansible-playbook rollback.yml -e "
+                "dest=data/reefguide/pkg puts it back, until a teardown's keep prunes it" % verb) in lines, lines

@@ -7,8 +7,16 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from ansible.module_utils.reefguide.fs import FreedBytes, entry_state, remove_empty_parents, remove_tree, tree_size
+from ansible.module_utils.reefguide.fs import (
+    FreedBytes,
+    entry_state,
+    is_real_dir,
+    remove_empty_parents,
+    remove_tree,
+    tree_size,
+)
 from ansible.module_utils.reefguide.layout import RELEASES_DIR, efs_root_problem, key_to_target
+from ansible.module_utils.reefguide.params import with_defaults
 from ansible.module_utils.reefguide.paths import parents_within, safe_relpath
 from ansible.module_utils.reefguide.release_plan import (
     is_live_from,
@@ -181,6 +189,29 @@ class Release(ReleaseTarget):
                                % (wanted, self.target_rel, ", ".join(r["release_id"] for r in kept) or "none"))
         return chosen
 
+    # -- removal (teardown's remove) -----------------------------------------
+
+    def retire_live(self) -> Optional[dict[str, Any]]:
+        """The target's version goes to its releases area as a kept release instead of being deleted:
+        rollback.yml puts it back until keep prunes it. What was kept (None: no directory there)."""
+        if not is_real_dir(self.target):
+            return None
+        meta = self.outgoing_meta(self.live(), [])
+        meta["removed_at"] = meta["retired_at"]
+        kept = {"target": self.target_rel, "release_id": meta["release_id"], "files": meta.get("files"),
+                "bytes": meta.get("bytes")}
+        if self.check:
+            return kept
+        self.live_touched = True
+        # renamed first: a crash before the history is written leaves a directory that list_releases
+        # still offers (as a release the history does not know), never a lost version
+        os.rename(self.target, os.path.join(self.key_dir, meta["release_id"]))
+        self.history["live"] = None
+        self.history["releases"] = [meta] + [r for r in self.history["releases"]
+                                             if r.get("release_id") != meta["release_id"]]
+        save_history(self.key_dir, self.history)
+        return kept
+
     # -- pruning -------------------------------------------------------------
 
     def predict_prune(self, doomed: list[str], not_yet_retired: Optional[str],
@@ -259,6 +290,19 @@ def run_target(host: Any, params: dict[str, Any], check: bool, diff: bool, root:
     except (ReleaseError, OSError) as exc:
         exc.live_touched = rel.live_touched  # type: ignore[union-attr]  (see run_efs_release)
         raise
+    finally:
+        rel.unlock()
+
+
+def retire_target(host: Any, root: str, target_rel: str, check: bool) -> Optional[dict[str, Any]]:
+    """teardown's remove of a released target: keep its version as a release (see retire_live)."""
+    params = with_defaults(EFS_RELEASE_ARGS, {"root": root, "target": target_rel, "state": "pruned"})
+    rel = Release(host, params, check, False, root, target_rel)
+    try:
+        if not check:
+            rel.make_dirs(rel.key_dir)
+        rel.open()
+        return rel.retire_live()
     finally:
         rel.unlock()
 
