@@ -156,6 +156,7 @@ from ansible.module_utils.reefguide.aws import (
     read_json_object,
     require_boto3,
 )
+from ansible.module_utils.reefguide.controller_watch import process_alive
 
 
 def read_lock(s3: Any, bucket: str, key: str) -> dict[str, Any]:
@@ -317,18 +318,6 @@ def refreshed(module: AnsibleModule, s3: Any) -> None:
     module.exit_json(changed=True, lock=lock, previous=previous)
 
 
-def alive(pid: Optional[int]) -> bool:
-    if not pid:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def kept_alive(module: AnsibleModule, s3: Any, previous: dict[str, Any]) -> None:
     """Refresh every ttl/3 s until the lock is not ours, the watched process is gone, or max_seconds."""
     p = module.params
@@ -340,7 +329,7 @@ def kept_alive(module: AnsibleModule, s3: Any, previous: dict[str, Any]) -> None
         module.exit_json(changed=False, lock=previous, previous=previous, refreshes=0, msg="check mode")
     next_at = start + interval
     while True:
-        if not alive(p["watch_pid"]):
+        if not process_alive(p["watch_pid"]):
             try:
                 lock = orphan(s3, p["bucket"], p["key"], p["run_id"], p["watch_pid"])
             except Exception as exc:

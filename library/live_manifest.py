@@ -16,8 +16,10 @@ description:
   - V(present) records a release; it copies the manifest the push wrote for the run into the record.
   - V(absent) forgets the record (after a rollback, so that the next stage compares nothing and stages).
   - V(pending) marks the record of O(dest) before a release, rollback or removal there, and drops the
-    records above and below it that the operation can make untrue (for a release, those O(source_key)'s
-    files reach; otherwise all). The mark goes when V(present) or V(absent) writes what happened, or
+    records above and below it that the operation can make untrue (for a release, those the files of
+    O(path) reach; otherwise all). V(listed) does the same in its call when given O(key), O(dest) and
+    O(release_id) (the mark and the listing a remote part needs, in one task). The mark goes when
+    V(present) or V(absent) writes what happened, or
     V(settled) says the operation failed before it touched EFS. A run that ends in between (Ctrl-C,
     the controller killed, the instance stopped) leaves it, and V(compared) never takes a marked record
     for what is live; the next stage compares on the instance, against what EFS holds.
@@ -52,7 +54,9 @@ options:
     type: dict
     default: {}
   path:
-    description: With V(compared), the local file or directory to compare.
+    description:
+      - With V(compared), the local file or directory to compare.
+      - With V(pending) (or V(listed) marking) before a release, the local tree the release brings.
     type: path
   mode:
     description:
@@ -65,7 +69,7 @@ options:
     choices: [replace, merge, mirror]
     default: replace
   source_key:
-    description: With V(present) (and V(pending) before a release), the manifest object written by the run's push.
+    description: With V(present), the manifest object written by the run's push.
     type: str
   release_id:
     description: With V(present), the release that went live; with V(pending), the run that marks the record.
@@ -228,6 +232,7 @@ def record(module: AnsibleModule, s3: Any) -> None:
     before = read_record(s3, p["bucket"], p["key"])
     if p["dest"]:
         doc["dest"] = p["dest"]
+    doc["mode"] = p["mode"]  # a mirror pulls in place: it leaves no release of its own (related_records)
     if p["mode"] == "merge":
         # what is live is the merged tree: the record before, with this run's files over it; without
         # a record before, what else the destination holds is unknown, so the record says so
@@ -237,7 +242,7 @@ def record(module: AnsibleModule, s3: Any) -> None:
         doc["complete"] = True
     legacy = drop_legacy(module, s3)
     nested = drop_related(module, s3, doc.get("files") or {})
-    if all(before.get(k) == doc.get(k) for k in ("files", "release_id", "fingerprint")) \
+    if all(before.get(k) == doc.get(k) for k in ("files", "release_id", "fingerprint", "mode")) \
             and before.get("complete", True) == doc["complete"] and not before.get("pending"):
         module.exit_json(changed=legacy or bool(nested), recorded=True, release_id=doc["release_id"],
                          dropped=nested)
@@ -246,12 +251,16 @@ def record(module: AnsibleModule, s3: Any) -> None:
     module.exit_json(changed=True, recorded=True, release_id=doc["release_id"], dropped=nested)
 
 
-def mark_pending(module: AnsibleModule, s3: Any) -> None:
-    """Before an operation at dest: mark its record, and drop the related records it can make untrue."""
+def mark(module: AnsibleModule, s3: Any) -> tuple[bool, dict[str, Any], list[str]]:
+    """Before an operation at dest: mark its record, and drop the related records it can make untrue
+    (for a release, O(path) names the files it brings). (changed, the record before, dropped)."""
     p = module.params
     files = None
-    if p["source_key"]:
-        files = (read_json_object(s3, p["bucket"], p["source_key"]) or {}).get("files") or {}
+    if p["path"]:
+        try:
+            files = scan_source(p["path"], Matcher([]))[0]
+        except LocalFileError as exc:
+            module.fail_json(msg=str(exc))
     before = read_record(s3, p["bucket"], p["key"])
     if before.get("dest") != p["dest"]:
         before = {}  # written before 0.2 (or for another destination): replaced by the mark
@@ -259,8 +268,13 @@ def mark_pending(module: AnsibleModule, s3: Any) -> None:
     nested = drop_related(module, s3, files)
     if not module.check_mode and doc != before:
         put_record(module, s3, doc)
-    module.exit_json(changed=doc != before or bool(nested), recorded=before.get("files") is not None,
-                     release_id=before.get("release_id"), pending=p["release_id"], dropped=nested)
+    return doc != before or bool(nested), before, nested
+
+
+def mark_pending(module: AnsibleModule, s3: Any) -> None:
+    changed, before, nested = mark(module, s3)
+    module.exit_json(changed=changed, recorded=before.get("files") is not None,
+                     release_id=before.get("release_id"), pending=module.params["release_id"], dropped=nested)
 
 
 def settle(module: AnsibleModule, s3: Any) -> None:
@@ -316,11 +330,16 @@ def records_under(s3: Any, bucket: str, prefix: str) -> Iterator[tuple[str, dict
 
 
 def listed(module: AnsibleModule, s3: Any) -> None:
+    p = module.params
+    changed, marked, nested = False, {}, []
+    if p["key"] and p["dest"] and p["release_id"]:  # the mark before a remote part, in the same call
+        changed, _before, nested = mark(module, s3)
+        marked = {"pending": p["release_id"], "dropped": nested}
     records = [{"dest": doc["dest"], "key": key, "release_id": doc.get("release_id"),
                 "fingerprint": doc.get("fingerprint")}
-               for key, doc in records_under(s3, module.params["bucket"], module.params["prefix"])]
-    module.exit_json(changed=False, records=records,
-                     fingerprinted=sorted(r["dest"] for r in records if r["fingerprint"]))
+               for key, doc in records_under(s3, p["bucket"], p["prefix"])]
+    module.exit_json(changed=changed, records=records,
+                     fingerprinted=sorted(r["dest"] for r in records if r["fingerprint"]), **marked)
 
 
 def verified(module: AnsibleModule, s3: Any) -> None:
@@ -335,9 +354,9 @@ def verified(module: AnsibleModule, s3: Any) -> None:
 
 def related_records(s3: Any, bucket: str, key: str, dest: str) -> tuple[dict[str, str], dict[str, str], set[str]]:
     """({dest: key} of the records of destinations above dest, the same for those strictly below
-    it, and which of those below are of releases), among the records filed beside key. Only records
-    that name their destination count: older ones are never trusted (and go when their own
-    destination's record is written)."""
+    it, and which of those below are of releases (not of a mirror, which pulls in place)), among the
+    records filed beside key. Only records that name their destination count: older ones are never
+    trusted (and go when their own destination's record is written)."""
     above: dict[str, str] = {}
     below: dict[str, str] = {}
     released: set[str] = set()
@@ -349,7 +368,7 @@ def related_records(s3: Any, bucket: str, key: str, dest: str) -> tuple[dict[str
             above[other] = other_key
         elif other.startswith(dest + "/"):
             below[other] = other_key
-            if doc.get("release_id"):
+            if doc.get("release_id") and doc.get("mode") != "mirror":
                 released.add(other)
     return above, below, released
 

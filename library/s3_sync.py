@@ -45,6 +45,12 @@ options:
         efs_session action sets it for the pull, so a pull never writes onto the instance's own disk
         under an empty mount point.
     type: path
+  watch_pid:
+    description:
+      - The controller's C(ansible-playbook) process. Once it has ended (killed outright, SIGKILL),
+        the sync stops as on SIGTERM within a second, sending nothing more and aborting its
+        multipart uploads, instead of carrying on alone to its end.
+    type: int
   direction:
     description:
       - C(push) copies I(path) to the bucket, C(pull) copies the bucket to I(path).
@@ -340,6 +346,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.reefguide.aws import AWS_COMMON_ARGS, describe_error, error_code, require_boto3
+from ansible.module_utils.reefguide.controller_watch import end_with
 from ansible.module_utils.reefguide.layout import RELEASES_DIR, is_mount_point
 from ansible.module_utils.reefguide.paths import UnsafePathError
 from ansible.module_utils.reefguide.releases_store import nested_release_targets
@@ -368,6 +375,7 @@ def argument_spec() -> dict:
         progress_interval=dict(type="float", default=2.0),
         list_limit=dict(type="int", default=20),
         require_mount=dict(type="path"),
+        watch_pid=dict(type="int"),
     )
     spec.update(AWS_COMMON_ARGS)
     return spec
@@ -455,6 +463,7 @@ def main() -> None:
     if p["require_mount"] and not is_mount_point(p["require_mount"]):
         module.fail_json(msg="%s refused: EFS is no longer mounted at %s (unmounted by another run or by hand?); "
                              "nothing was written, run again to mount it and carry on" % (what, p["require_mount"]))
+    end_with(p["watch_pid"])  # the controller killed outright: stop as on SIGTERM, within a second
     sync = None
     try:
         sync = Sync(options_from(module))

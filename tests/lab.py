@@ -70,6 +70,20 @@ class Lab:
         """The S3 fault proxy's settings and counters, read from the proxy as `labctl status` does."""
         return self.served_json("faults_port", "/lab/faults")
 
+    def hold_next(self, pattern: str) -> None:
+        """The S3 fault proxy (a lab up with --s3-faults) holds the next request whose 'METHOD /path'
+        matches pattern until release_held: e.g. a module on its way to the instance (the SSM plugin
+        copies it through S3), to stop a run at a chosen step. Any latency set is off meanwhile."""
+        self.ctl("faults", "--rate", "1", "--kinds", "stall", "--stall-seconds", "900", "--max-faults", "1",
+                 "--latency-seconds", "0", "--match", pattern, "--reset-counters")
+
+    def holding(self) -> bool:
+        return self.s3_faults()["counters"]["faults"] >= 1
+
+    def release_held(self) -> None:
+        """End the hold (the held request is reset; its client retries) and fault nothing more."""
+        self.ctl("faults", "--release-stalls", "--rate", "0")
+
     def served_json(self, port_key: str, path: str) -> dict[str, Any]:
         """The JSON a lab process serves on loopback (its port read from lab.json now)."""
         port = json.loads((self.dir / "lab.json").read_text())[port_key]

@@ -25,8 +25,8 @@ DEST = "data/reefguide/interrupted"
 
 
 RUNS = "^(PUT|GET) /%s/reefguide-efs/runs/"  # the requests the slow link holds (the bucket's name filled in)
-FILES = 300  # each transfer of them lasts seconds: every request to the runs' prefix has LATENCY
-LATENCY = 0.2  # seconds, at the upload's and the pull's 16 requests at a time: about 4 s each way
+FILES = 150  # each transfer of them lasts seconds: every request to the runs' prefix has LATENCY
+LATENCY = 0.4  # seconds, at the upload's and the pull's 16 requests at a time: about 4 s each way
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +43,8 @@ def slow_link(lab: Lab) -> None:
     lab.ctl("faults", "--rate", "0", "--latency-seconds", str(LATENCY), "--match", RUNS % re.escape(lab.bucket))
 
 
-def hold_next(lab: Lab, pattern: str) -> None:
-    """Hold the next S3 request that matches pattern (until let_go): the slow link is off meanwhile."""
-    lab.ctl("faults", "--rate", "1", "--kinds", "stall", "--stall-seconds", "900", "--max-faults", "1",
-            "--latency-seconds", "0", "--match", pattern, "--reset-counters")
-
-
-def holding(lab: Lab) -> bool:
-    return lab.s3_faults()["counters"]["faults"] >= 1
-
-
 def let_go(lab: Lab) -> None:
-    lab.ctl("faults", "--release-stalls")
+    lab.release_held()
     slow_link(lab)
 
 
@@ -185,6 +175,55 @@ def test_ctrl_c_during_the_upload(ilab: Lab, tmp_path: Path) -> None:
     teardown_then_restage(ilab, v2)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below pid now (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path("/proc/%s/stat" % entry).read_text()
+        except OSError:
+            continue
+        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_kill_9_of_the_controller_ends_the_upload_within_seconds(ilab: Lab, tmp_path: Path) -> None:
+    """SIGKILL of ansible-playbook alone (not its group: what `kill -9 <pid>` does): its workers and the
+    upload they run are in process groups of their own and used to carry on to the end. The upload
+    watches the controller and stops; nothing of the run is left on the controller seconds later."""
+    live_before(ilab, tmp_path)
+    v2 = new_version(tmp_path)
+    proc = start_stage(ilab, v2)
+    wait_for("upload", lambda: uploading(ilab), proc)
+    left = descendants(proc.pid)
+    assert left, "the run has no worker"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()  # reaped, as a shell would
+    deadline = time.time() + 20
+    while [p for p in left if running(p)]:
+        assert time.time() < deadline, "still running 20 s after the controller's death: %s" % [
+            Path("/proc/%d/cmdline" % p).read_bytes()[:200] for p in left if running(p)]
+        time.sleep(0.2)
+    sent = len(run_keys(ilab))
+    time.sleep(2)
+    assert len(run_keys(ilab)) == sent < FILES  # nothing more arrives, and it stopped short
+    tidy = run_playbook(ilab.env, INVENTORY, "teardown.yml", "-e", "break_lock=true")
+    assert tidy.returncode == 0, tidy.stdout[-3000:]
+    assert run_keys(ilab) == [] and ec2_state(ilab) == "stopped"
+
+
 def test_ctrl_c_during_the_remote_part(ilab: Lab, tmp_path: Path) -> None:
     before = live_before(ilab, tmp_path)
     v2 = new_version(tmp_path)
@@ -228,10 +267,10 @@ def test_ctrl_c_right_after_the_release_leaves_no_record_that_lies(ilab: Lab, tm
     v2 = make_src(tmp_path / "v2", "v2-%s" % tmp_path.name, files=20)
     first = run_playbook(ilab.env, INVENTORY, "stage_data.yml", "-e", "src=%s" % v1, "-e", "dest=%s" % dest)
     assert first.returncode == 0, first.stdout[-3000:]
-    hold_next(ilab, "AnsiballZ_efs_usage")  # the step after the release: EFS is measured
+    ilab.hold_next("AnsiballZ_efs_usage")  # the step after the release: EFS is measured
     try:
         proc = start_stage(ilab, v2, dest)
-        wait_for("the step after the release, held", lambda: holding(ilab), proc, timeout=300)
+        wait_for("the step after the release, held", ilab.holding, proc, timeout=300)
         assert tree(ilab.efs_path / dest) == tree(v2)  # released
         interrupt(proc)
     finally:

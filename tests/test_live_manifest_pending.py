@@ -66,7 +66,7 @@ def test_a_marked_record_is_not_taken_for_what_is_live_until_the_operation_says_
     # a check run marks nothing
     assert call(lab, check=True, state="pending", key=key(dest), dest=dest, release_id="run-2")["changed"]
     assert "pending" not in record(lab, dest)
-    marked = call(lab, state="pending", key=key(dest), dest=dest, release_id="run-2", source_key=m1)
+    marked = call(lab, state="pending", key=key(dest), dest=dest, release_id="run-2", path=str(v1))
     assert marked["changed"] and marked["pending"] == "run-2" and marked["dropped"] == [above], marked
     assert record(lab, below) and not record(lab, above)
     now = compared(lab, dest, v1)
@@ -81,7 +81,10 @@ def test_a_marked_record_is_not_taken_for_what_is_live_until_the_operation_says_
     # marked again, then the release recorded: the mark goes with the new record
     v2, m2 = src(tmp_path, "v2", "two\n")
     push_manifest(lab, m2, v2)
-    call(lab, state="pending", key=key(dest), dest=dest, release_id="run-4", source_key=m2)
+    # the mark in the listing before a remote part (one task): listed and marked
+    listing = call(lab, state="listed", prefix=PREFIX, key=key(dest), dest=dest, release_id="run-4", path=str(v2))
+    assert listing["pending"] == "run-4" and dest in [r["dest"] for r in listing["records"]], listing
+    assert record(lab, dest)["pending"] == "run-4"
     assert call(lab, state="present", key=key(dest), dest=dest, source_key=m2, release_id="run-4")["changed"]
     assert "pending" not in record(lab, dest) and compared(lab, dest, v2)["equal"]
     # the same release recorded again over a mark is still written (the mark must go)
