@@ -194,6 +194,15 @@ class ActionModule(ActionBase):
             return "module error: %s" % exc.get("event", {}).get("msg", exc)
         return "module error: %s" % (exc or "no message")
 
+    def cleanup(self, force: bool = False) -> None:
+        """The temporary directory on the instance goes as usual; but a session lost with the instance
+        (stopped) must not turn the result run() returned, which says what became of the live data,
+        into a bare connection error."""
+        try:
+            super().cleanup(force)
+        except Exception as exc:
+            display.warning("efs_session: the temporary directory on the instance was not removed: %s" % exc)
+
     def run(self, tmp: Any = None, task_vars: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         self.task_vars = task_vars or {}
         redact_connection_display(self._connection)
@@ -319,7 +328,7 @@ class ActionModule(ActionBase):
             self.step("clear_cache", "efs_tidy", {"root": root, "empty": [a["cache"]]})
         changed = any(self.steps.get(s, {}).get("changed") for s in ("pull", "release", "clear_cache"))
         return {"changed": changed, "pull": pull, "release_id": release.get("release_id"),
-                "unchanged": bool(release.get("unchanged")),
+                "unchanged": bool(release.get("unchanged")), "pruned": release.get("pruned") or [],
                 "previous_release_id": release.get("previous_release_id"), "swap_method": release.get("swap_method")}
 
     def teardown(self, a: dict[str, Any], root: str, user: str) -> dict[str, Any]:

@@ -222,6 +222,9 @@ def stage_summary(run: dict[str, Any]) -> list[str]:
         lines += [line for line in (_efs_read_line(pull),) if line]
     if stage.get("release_id"):
         lines.append(_release_line(run, stage, request))
+    if stage.get("pruned"):
+        lines.append("Releases pruned (keep=%s): %s" % (run.get("keep"), ", ".join(
+            "%s (%d bytes freed)" % (p.get("release_id"), int(p.get("bytes") or 0)) for p in stage["pruned"])))
     lines += workers_summary(stage, request.get("dest") or "", run.get("workers_restart"))
     times = run.get("times") or {}
     lines += [line for line in (_instance_line(times, run.get("power") or {}),) if line]

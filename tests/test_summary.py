@@ -257,3 +257,10 @@ def test_a_removal_of_released_data_says_it_is_kept_and_how_to_bring_it_back() -
                                   "deployment": {"instance_id": "i-1"}})
         assert ("data/reefguide/pkg %s as release r7 (1234 bytes), not deleted: ansible-playbook rollback.yml -e "
                 "dest=data/reefguide/pkg puts it back, until a teardown's keep prunes it" % verb) in lines, lines
+
+
+def test_every_release_a_stage_prunes_is_named() -> None:
+    stage = dict(staged_run()["stage"], pruned=[{"release_id": "r0", "bytes": 2048, "target": "data/reefguide"}])
+    lines = stage_summary(staged_run(stage=stage, keep=1))
+    assert "Releases pruned (keep=1): r0 (2048 bytes freed)" in lines
+    assert not [line for line in stage_summary(staged_run()) if line.startswith("Releases pruned")]
