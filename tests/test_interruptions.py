@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from ansible.module_utils.reefguide.controller_watch import process_alive
 
 from helpers import ROOT, VENV_BIN, ansible_env, run_playbook
 from lab import Lab, running_lab
@@ -192,13 +193,6 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def running(pid: int) -> bool:
-    try:
-        return Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 def test_kill_9_of_the_controller_ends_the_upload_within_seconds(ilab: Lab, tmp_path: Path) -> None:
     """SIGKILL of ansible-playbook alone (not its group: what `kill -9 <pid>` does): its workers and the
     upload they run are in process groups of their own and used to carry on to the end. The upload
@@ -212,9 +206,9 @@ def test_kill_9_of_the_controller_ends_the_upload_within_seconds(ilab: Lab, tmp_
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()  # reaped, as a shell would
     deadline = time.time() + 20
-    while [p for p in left if running(p)]:
+    while [p for p in left if process_alive(p)]:
         assert time.time() < deadline, "still running 20 s after the controller's death: %s" % [
-            Path("/proc/%d/cmdline" % p).read_bytes()[:200] for p in left if running(p)]
+            Path("/proc/%d/cmdline" % p).read_bytes()[:200] for p in left if process_alive(p)]
         time.sleep(0.2)
     sent = len(run_keys(ilab))
     time.sleep(2)

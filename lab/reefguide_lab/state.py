@@ -7,6 +7,8 @@ instance's root-disk stand-ins. `labctl down` removes it.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 import signal
@@ -58,20 +60,17 @@ def free_port() -> int:
 
 
 def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is not alive for our purposes.
-    try:
-        with open("/proc/%d/stat" % pid) as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    """Whether pid runs (a zombie does not): the modules' own rule, module_utils/reefguide/controller_watch.py."""
+    return bool(pid) and _controller_watch().process_alive(pid)
+
+
+@functools.cache
+def _controller_watch():
+    path = REPO / "module_utils" / "reefguide" / "controller_watch.py"
+    spec = importlib.util.spec_from_file_location("reefguide_controller_watch", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def stop_pid(pid: int, timeout: float = 10) -> None:
