@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -52,23 +51,16 @@ from .state import (
     lab_dir,
     lab_env,
     load,
+    module_util,
     pid_alive,
     save,
     stop_pid,
 )
 
 
-def _stack_utils():
-    """module_utils/reefguide/stack.py: the slug rule, shared with the modules."""
-    path = REPO / "module_utils" / "reefguide" / "stack.py"
-    spec = importlib.util.spec_from_file_location("reefguide_stack", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def output_key(stack_name: str) -> str:
-    return _stack_utils().output_key(stack_name)
+    """module_utils/reefguide/stack.py: the slug rule, shared with the modules."""
+    return module_util("stack").output_key(stack_name)
 
 
 class LabError(RuntimeError):

@@ -60,14 +60,16 @@ def free_port() -> int:
 
 
 def pid_alive(pid: int | None) -> bool:
-    """Whether pid runs (a zombie does not): the modules' own rule, module_utils/reefguide/controller_watch.py."""
-    return bool(pid) and _controller_watch().process_alive(pid)
+    """Whether pid runs (a zombie does not): the modules' own rule."""
+    return bool(pid) and module_util("controller_watch").process_alive(pid)
 
 
 @functools.cache
-def _controller_watch():
-    path = REPO / "module_utils" / "reefguide" / "controller_watch.py"
-    spec = importlib.util.spec_from_file_location("reefguide_controller_watch", path)
+def module_util(name: str) -> Any:
+    """module_utils/reefguide/<name>.py, loaded by path (it imports nothing of ansible): a rule the lab
+    shares with the modules."""
+    path = REPO / "module_utils" / "reefguide" / (name + ".py")
+    spec = importlib.util.spec_from_file_location("reefguide_" + name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
