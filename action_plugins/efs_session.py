@@ -116,12 +116,6 @@ def redact_connection_display(connection: Any) -> None:
 TRANSFER_ATTEMPTS = 3
 
 
-def pull_changed(pull: dict[str, Any]) -> bool:
-    """Whether a pull into staging wrote or deleted anything (files or directories)."""
-    return any(int((pull.get(k) or {}).get("files") or 0) for k in ("transferred", "deleted")) \
-        or bool(pull.get("dirs_created") or pull.get("dirs_removed") or pull.get("temporaries_removed"))
-
-
 def module_never_arrived(res: dict[str, Any]) -> bool:
     if res.get("failed") and "cmd" in res and "Exec format error" in str(res.get("msg")):
         return True  # a detached step: async_wrapper found no #! line in the file, so not what was sent
@@ -318,7 +312,8 @@ class ActionModule(ActionBase):
                             "keep": a["keep"], "owner": user, "group": user}
             if a["release_id"]:
                 release_args["release_id"] = a["release_id"]
-            if not prepare.get("resumed", True) and not pull_changed(pull):
+            # s3_sync's changed: it wrote or deleted files or directories
+            if not prepare.get("resumed", True) and not pull.get("changed", True):
                 release_args["unchanged"] = True  # a fresh copy of the live tree, left as it was
             release = self.step("release", "efs_release", release_args, changes_live=True)
         if a["clear_cache"]:
