@@ -11,6 +11,7 @@ little, so that a run lasts long enough to be interrupted."""
 
 from __future__ import annotations
 
+import http.client
 import http.server
 import json
 import os
@@ -242,3 +243,115 @@ def test_ctrl_c_of_ansible_reaches_the_module_which_aborts_its_uploads(
     assert progress(prog)["interrupted"] in ("SIGINT", "SIGTERM")
     assert proxy.seen(is_data, since=mark) <= 2 * CONCURRENCY
     assert moto.s3().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+class HalfWay(http.server.BaseHTTPRequestHandler):
+    """Forwards to moto, except that every data request of the big file moves half its bytes (a
+    part's body half read, or a range's answer half sent) and then waits for `gate`; the first of
+    them is then cut, as a dropped connection would, and the client has to send it again."""
+
+    target = ""
+    gate = threading.Event()
+    lock = threading.Lock()
+    halted: list[str] = []
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        target = self.path.partition("?")[0]
+        big = is_data(self.command, self.path) and target.endswith("/big.bin")
+        if not big:
+            body = self.rfile.read(length) if length else b""
+            relay(self, self.target, body or None)
+            return
+        with self.lock:
+            first = not self.halted
+            self.halted.append(self.command)
+        body = b""
+        if self.command == "PUT":
+            body = self.rfile.read(length // 2)
+            self.gate.wait(120)
+            if first:
+                self.close_connection = True
+                return
+            body += self.rfile.read(length - len(body))
+            relay(self, self.target, body)
+            return
+        conn = http.client.HTTPConnection(self.target, timeout=60)
+        conn.request("GET", self.path, headers=dict(self.headers))
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        self.send_response(resp.status)
+        for name, value in resp.getheaders():
+            if name.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                self.send_header(name, value)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.wfile.flush()
+        self.gate.wait(120)
+        if first:
+            self.close_connection = True
+            return
+        self.wfile.write(data[len(data) // 2:])
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def halfway(moto: Server) -> Iterator[type[HalfWay]]:  # noqa: F811 - the fixture imported above
+    handler = type("Halting", (HalfWay,), {"target": moto.endpoint[len("http://"):], "gate": threading.Event(),
+                                           "halted": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    server.handle_error = lambda request, address: None  # type: ignore[method-assign]  # cut connections
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    handler.endpoint = "http://127.0.0.1:%d" % server.server_address[1]  # type: ignore[attr-defined]
+    try:
+        yield handler
+    finally:
+        handler.gate.set()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_progress_moves_within_a_part_and_counts_a_resent_part_once(
+    moto: Server, halfway: type[HalfWay], tmp_path: Path, aws_env: dict[str, str], direction: str  # noqa: F811
+) -> None:
+    """On a slow link a 16 MiB part takes minutes: the progress file (what `watch cat` and the
+    pull's lines in the playbook output show) must move while parts are on their way, not only
+    when one has arrived, and a part sent again after a cut must not count twice."""
+    src = tmp_path / "src"
+    big = write(src / "big.bin", os.urandom(2 * CONCURRENCY * PART))  # twice the parts in flight
+    write(src / "small.csv", b"1,2,3\n")
+    age(src)
+    bucket = moto.new_bucket()
+    path = src
+    if direction == "pull":
+        engine(moto, "push", src, bucket, part_size=PART)
+        path = tmp_path / "dest"
+    prog = tmp_path / "progress.json"
+    proc = start_engine(direction, path, bucket, halfway.endpoint, prog, aws_env)  # type: ignore[attr-defined]
+    deadline = time.time() + 120  # a safety net for a hung run, not an assertion on speed
+    try:
+        # every part of the big file is half way, none answered: the progress says so
+        while len(halfway.halted) < CONCURRENCY or progress(prog).get("bytes_done", 0) < PART:
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, (halfway.halted, progress(prog))
+            time.sleep(0.05)
+        held = progress(prog)
+        assert held["phase"] == "transferring" and held["files_done"] <= 1, held  # small.csv at most
+        assert 0 < held["percent"] < 100, held  # half the parts are not yet started
+    finally:
+        halfway.gate.set()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert len(halfway.halted) == 2 * CONCURRENCY + 1  # the cut part was sent again
+    done = progress(prog)
+    assert done["phase"] == "done" and done["bytes_done"] == done["bytes_total"] == big.stat().st_size + 6, done
+    if direction == "pull":
+        assert snapshot(path) == snapshot(src)

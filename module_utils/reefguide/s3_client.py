@@ -49,11 +49,14 @@ class Response:
 
 @dataclass
 class FileBody:
-    """A byte range of a local file sent as a request body, re-read on retry."""
+    """A byte range of a local file sent as a request body, re-read on retry. sent, if given,
+    hears of the bytes as the kernel takes them (progress within a part on a slow uplink), and
+    of minus what an attempt had sent when it fails, so that a retry does not count them twice."""
 
     path: str
     offset: int
     length: int
+    sent: Optional[Callable[[int], None]] = None
 
 
 def parse_xml(data: bytes) -> ET.Element:
@@ -292,6 +295,24 @@ class S3Client:
         stream=True and the status is 2xx (the caller reads it to the end).
         Raises S3Error for an error response, TransientError for network trouble,
         Interrupted once the run is cancelled."""
+        if not (isinstance(body, FileBody) and body.sent):
+            return self._send(op, method, key, query, headers, body, payload_hash, stream, None)
+        report = body.sent
+        counted = [0]
+
+        def note(n: int) -> None:
+            counted[0] += n
+            report(n)
+
+        try:
+            return self._send(op, method, key, query, headers, body, payload_hash, stream, note)
+        except BaseException:
+            report(-counted[0])  # this attempt's bytes did not arrive
+            raise
+
+    def _send(self, op: str, method: str, key: Optional[str], query: Optional[dict[str, str]],
+              headers: Optional[dict[str, str]], body: Any, payload_hash: str, stream: bool,
+              note: Optional[Callable[[int], None]]) -> Any:
         self._check_cancelled()
         self._count(op)
         path = self.path_for(key)
@@ -309,7 +330,7 @@ class S3Client:
                 conn.putheader(name, value)
             conn.endheaders()
             if isinstance(body, FileBody):
-                self._send_file(conn, body)
+                self._send_file(conn, body, note)
             elif body:
                 conn.send(body)
             resp = conn.getresponse()
@@ -336,7 +357,8 @@ class S3Client:
             raise self._error(op, status, rheaders, data, key)
         return Response(status, rheaders, data)
 
-    def _send_file(self, conn: http.client.HTTPConnection, body: FileBody) -> None:
+    def _send_file(self, conn: http.client.HTTPConnection, body: FileBody,
+                   note: Optional[Callable[[int], None]]) -> None:
         try:
             fh = open(body.path, "rb", buffering=0)
         except OSError as exc:
@@ -355,6 +377,8 @@ class S3Client:
                     if n == 0:
                         raise LocalFileError("%s became shorter while it was being sent" % body.path)
                     sent += n
+                    if note:
+                        note(n)
                 return
             buf = thread_buffer()
             view = memoryview(buf)
@@ -369,6 +393,8 @@ class S3Client:
                     raise LocalFileError("%s became shorter while it was being sent" % body.path)
                 conn.send(view[:n])
                 left -= n
+                if note:
+                    note(n)
 
     def _error(self, op: str, status: int, headers: dict[str, str], data: bytes, key: Optional[str]) -> S3Error:
         code, message = "", ""

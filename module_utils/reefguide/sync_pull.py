@@ -203,6 +203,7 @@ class PullSync:
         h = hashlib.sha256()
         got = self.stream_to(resp, fd, None, obj, h)
         if got != obj.size:
+            self.progress.add_bytes(-got)  # the retry sends the object again
             raise TransientError("%s: got %d bytes, expected %d" % (self.client.url_for(obj.key), got, obj.size))
         sha = h.hexdigest()
         if expected and is_sha(expected) and sha != expected:
@@ -219,7 +220,9 @@ class PullSync:
 
     def stream_to(self, resp: Any, fd: int, offset: Optional[int], obj: RemoteObject, hasher: Any) -> int:
         """Copies a response body to fd (at offset with pwrite, else at the
-        current position); returns the byte count."""
+        current position); returns the byte count. The progress counts each
+        chunk as it lands, and takes back a failed attempt's bytes (a retry
+        sends them again)."""
         buf = thread_buffer()
         view = memoryview(buf)
         got = 0
@@ -244,6 +247,9 @@ class PullSync:
                     raise LocalFileError("cannot write below %s: %s" % (self.root, exc.strerror or exc)) from exc
                 got += n
                 self.progress.add_bytes(n)
+        except BaseException:
+            self.progress.add_bytes(-got)
+            raise
         finally:
             if not resp.isclosed():
                 resp.close()

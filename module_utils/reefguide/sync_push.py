@@ -157,8 +157,8 @@ class PushSync:
                 size = len(data)
             else:
                 sha = self._sha_for_upload(lf, st)
-                body = FileBody(lf.path, 0, st.st_size)
-                size = st.st_size
+                body = FileBody(lf.path, 0, st.st_size, self.progress.add_bytes)
+                size = 0  # counted as it is sent
         # The payload hash is the file's SHA-256: S3 rejects a body that does
         # not match it, so a file changing under us cannot be stored silently.
         resp = self.client.call(

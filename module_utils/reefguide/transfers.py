@@ -159,9 +159,8 @@ class MultipartUpload:
                     "PUT",
                     self.key,
                     query={"partNumber": str(number), "uploadId": self.upload_id},
-                    body=FileBody(self.lf.path, offset, length),
+                    body=FileBody(self.lf.path, offset, length, self.sync.progress.add_bytes),
                 )
-                self.sync.progress.add_bytes(length)
                 with self.lock:
                     self.etags[number] = resp.headers.get("etag", "")
                 ok = True
@@ -279,6 +278,7 @@ class RangedDownload:
                 self.mtime_ns = parse_mtime_header(resp.getheader("x-amz-meta-mtime"))
         got = self.sync.stream_to(resp, self.fd, offset, self.obj, None)
         if got != length:
+            self.sync.progress.add_bytes(-got)  # the retry sends the range again
             raise TransientError(
                 "%s: range %d got %d bytes, expected %d" % (client.url_for(self.obj.key), i, got, length)
             )
