@@ -167,6 +167,7 @@ from ansible.module_utils.reefguide.aws import (
     require_boto3,
 )
 from ansible.module_utils.reefguide.checksums import ChecksumCache, default_cache_path, local_sha256
+from ansible.module_utils.reefguide.layout import target_key
 from ansible.module_utils.reefguide.local_tree import Matcher, scan_source
 from ansible.module_utils.reefguide.sync_common import LocalFileError
 
@@ -189,8 +190,43 @@ def local_manifest(path: str) -> dict[str, tuple[int, str]]:
     return out
 
 
+def file_in_the_way(s3: Any, bucket: str, key: str, dest: str) -> Optional[tuple[str, str, dict[str, Any]]]:
+    """(destination above, path, its record) when the record of the nearest destination above dest
+    lists dest, or a directory on the way to it, as a file: a release there would fail on the
+    instance, after the upload. A marked record is not trusted either way."""
+    parts = dest.split("/")
+    prefix = key.rsplit("/", 1)[0] + "/"
+    for i in range(len(parts) - 1, 0, -1):
+        above = "/".join(parts[:i])
+        doc = read_record(s3, bucket, prefix + target_key(above) + ".json")
+        if doc.get("dest") != above or doc.get("files") is None:
+            continue
+        if doc.get("pending"):
+            return None
+        for j in range(i + 1, len(parts) + 1):
+            if "/".join(parts[i:j]) in doc["files"]:
+                return above, "/".join(parts[:j]), doc
+        return None
+    return None
+
+
+def refuse_a_file_in_the_way(module: AnsibleModule, s3: Any) -> None:
+    p = module.params
+    found = file_in_the_way(s3, p["bucket"], p["key"], p["dest"]) if p["dest"] else None
+    if not found:
+        return
+    above, path, doc = found
+    what = "is" if path == p["dest"] else "lies below"
+    module.fail_json(msg=(
+        "stage request refused, nothing started: dest %s %s a file, %s, in what is live at %s (release %s); a "
+        "stage makes its destination a directory. To replace that file, stage a file of that name into the "
+        "directory that holds it, keeping the rest: -e src=<the new %s> -e dest=%s -e mode=merge"
+        % (p["dest"], what, path, above, doc.get("release_id"), path.rsplit("/", 1)[1], path.rsplit("/", 1)[0])))
+
+
 def compare(module: AnsibleModule, s3: Any) -> None:
     p = module.params
+    refuse_a_file_in_the_way(module, s3)
     record = read_record(s3, p["bucket"], p["key"])
     if p["dest"] and record.get("dest") != p["dest"]:
         record = {}  # written before 0.2 (or for another destination): never trusted

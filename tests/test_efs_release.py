@@ -453,6 +453,17 @@ def test_target_key_keeps_targets_apart() -> None:
         target_key("../x")
 
 
+def test_a_target_that_is_a_file_is_refused_with_the_way_to_replace_it(efs: EFS) -> None:
+    """A stage onto a file that no record knew of fails at the release (the controller refuses it
+    earlier when a record lists the file): nothing changes, and the message says how to replace it."""
+    ok(efs.release("p1", version(1)))
+    name = sorted(version(1))[0]
+    result = efs.release("p2", {"x.tif": b"new"}, target="%s/%s" % (PKG, name))
+    assert result.get("failed") and "exists and is not a directory" in result["msg"], result
+    assert "mode=merge" in result["msg"] and result.get("live_changed") is False, result
+    assert snapshot(efs.root / PKG) == snapshot_of(version(1))
+
+
 def test_staged_copy_of_a_separately_released_target_is_refused(efs: EFS) -> None:
     ok(efs.release("p1", version(1)))
     staged = {"config.toml": b"new\n"}

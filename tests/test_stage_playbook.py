@@ -46,6 +46,24 @@ def test_two_deployments_staged_in_one_run(lab: Lab, tmp_path: Path) -> None:
         assert diff.returncode == 0, (stack, diff.stdout)
     assert {i["ec2_state"] for i in lab.supervisor()["instances"].values()} <= {"stopped", "terminated"}
 
+    # A file src onto a file of that release (or below one) would fail at the release, after the
+    # upload: the record knows the file, so the stage is refused before anything starts.
+    dest = "data/reefguide/adria/datapackages/Both"
+    live = sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file())[0]
+    new = tmp_path / live.rsplit("/", 1)[-1]
+    new.write_text("new\n")
+    sessions = lab.sessions_started()
+    for onto in ("%s/%s" % (dest, live), "%s/%s/below" % (dest, live)):
+        run = playbook(lab, ROOT / "inventory" / "lab.yml", "stage_data.yml", "-e", "src=%s" % new,
+                       "-e", "dest=%s" % onto)
+        assert run.returncode != 0 and "refused, nothing started" in run.stdout, run.stdout[-3000:]
+        assert "a file, %s/%s, in what is live at %s" % (dest, live, dest) in run.stdout, run.stdout[-3000:]
+        assert "dest=%s -e mode=merge" % ("%s/%s" % (dest, live)).rsplit("/", 1)[0] in run.stdout
+    assert lab.sessions_started() == sessions
+    assert lab.supervisor()["instances"][lab.instance_id]["ec2_state"] == "stopped"
+    efs = lab.dir / "efs" / state["stacks"][lab.stack_name]["fs_id"] / dest
+    assert subprocess.run(["diff", "-r", str(src), str(efs)]).returncode == 0
+
 
 def test_bad_dest_is_refused_before_anything_starts(lab: Lab, tmp_path: Path) -> None:
     inv = Path(ROOT / "inventory" / "lab.yml")

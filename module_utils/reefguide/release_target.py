@@ -121,7 +121,9 @@ class ReleaseTarget:
             raise ReleaseError("%s %s is a symlink; efs_release moves real directories and will not follow it"
                                % (what, path))
         if os.path.lexists(path) and not os.path.isdir(path):
-            raise ReleaseError("%s %s exists and is not a directory" % (what, path))
+            advice = ("; a stage makes its destination a directory: to replace that file, stage a file of that "
+                      "name into the directory that holds it with mode=merge" if what == "target" else "")
+            raise ReleaseError("%s %s exists and is not a directory%s" % (what, path, advice))
 
     # -- locking, journal ----------------------------------------------------
 
