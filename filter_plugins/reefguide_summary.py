@@ -236,6 +236,31 @@ def stage_summary(run: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _efs_from_the_records(remove: list[str], records: list[dict[str, Any]]) -> list[str]:
+    """A check run that could not reach EFS (the instance stopped): what each removal would take,
+    as far as the records of what is live tell (they list every released file with its size)."""
+    lines = ["EFS: not inspected (a check run does not start the stopped instance); releases beyond keep and "
+             "staging leftovers are listed by a check run while the instance runs%s" % (
+                 "; from the records of what is live, the removal would take:" if remove else ".")]
+    for path in remove:
+        inside = sorted((r for r in records if r.get("dest") == path or str(r.get("dest")).startswith(path + "/")),
+                        key=lambda r: r["dest"])
+        above = [r for r in records if path.startswith(str(r.get("dest")) + "/")]
+        for r in inside:
+            released = r.get("release_id") and r.get("mode") != "mirror"
+            lines.append("  %s: %d files, %d bytes, %s%s" % (
+                r["dest"], int(r.get("files") or 0), int(r.get("bytes") or 0),
+                ("would be kept as release %s, not deleted (rollback.yml brings it back)" % r["release_id"])
+                if released else "would be deleted",
+                " (its record is marked pending: EFS may differ)" if r.get("pending") else ""))
+        if not inside:
+            lines.append("  %s: %s" % (path, (
+                "inside what is live at %s (release %s): not counted without the instance" % (
+                    above[0]["dest"], above[0].get("release_id"))) if above else
+                "no record of what is live there: what it holds is known only on EFS"))
+    return lines
+
+
 def teardown_summary(run: dict[str, Any]) -> list[str]:
     """The summary teardown.yml prints."""
     check = bool(run.get("check_mode"))
@@ -261,7 +286,7 @@ def teardown_summary(run: dict[str, Any]) -> list[str]:
                              kept.get("target"), "would be kept" if check else "kept", kept.get("release_id"),
                              int(kept.get("bytes") or 0), kept.get("target")))
     else:
-        lines.append("EFS: not inspected (a check run does not start the stopped instance)")
+        lines.extend(_efs_from_the_records(run.get("remove") or [], run.get("records") or []))
     lines.extend(_dropped_line(run))
     lines.append("Instance %s: %s" % ((run.get("deployment") or {}).get("instance_id"),
                                       "would be stopped (never terminated)" if check else "stopped (never terminated)"))

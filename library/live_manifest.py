@@ -372,7 +372,9 @@ def listed(module: AnsibleModule, s3: Any) -> None:
         changed, _before, nested = mark(module, s3)
         marked = {"pending": p["release_id"], "dropped": nested}
     records = [{"dest": doc["dest"], "key": key, "release_id": doc.get("release_id"),
-                "fingerprint": doc.get("fingerprint")}
+                "fingerprint": doc.get("fingerprint"), "mode": doc.get("mode"), "pending": doc.get("pending"),
+                "files": len(doc.get("files") or {}),
+                "bytes": sum(int(e.get("size") or 0) for e in (doc.get("files") or {}).values())}
                for key, doc in records_under(s3, p["bucket"], p["prefix"])]
     module.exit_json(changed=changed, records=records,
                      fingerprinted=sorted(r["dest"] for r in records if r["fingerprint"]), **marked)

@@ -56,9 +56,10 @@ def test_two_deployments_staged_in_one_run(lab: Lab, tmp_path: Path) -> None:
     for onto in ("%s/%s" % (dest, live), "%s/%s/below" % (dest, live)):
         run = playbook(lab, ROOT / "inventory" / "lab.yml", "stage_data.yml", "-e", "src=%s" % new,
                        "-e", "dest=%s" % onto)
-        assert run.returncode != 0 and "refused, nothing started" in run.stdout, run.stdout[-3000:]
-        assert "a file, %s/%s, in what is live at %s" % (dest, live, dest) in run.stdout, run.stdout[-3000:]
-        assert "dest=%s -e mode=merge" % ("%s/%s" % (dest, live)).rsplit("/", 1)[0] in run.stdout
+        out = " ".join(run.stdout.split())  # YAML output wraps long lines
+        assert run.returncode != 0 and "refused, nothing started" in out, run.stdout[-3000:]
+        assert "a file, %s/%s, in what is live at %s" % (dest, live, dest) in out, run.stdout[-3000:]
+        assert "dest=%s -e mode=merge" % ("%s/%s" % (dest, live)).rsplit("/", 1)[0] in out
     assert lab.sessions_started() == sessions
     assert lab.supervisor()["instances"][lab.instance_id]["ec2_state"] == "stopped"
     efs = lab.dir / "efs" / state["stacks"][lab.stack_name]["fs_id"] / dest
@@ -96,6 +97,16 @@ def test_teardown_check_on_a_running_instance_lists_what_would_go_and_changes_no
     leftover.write_bytes(b"\0" * 300000)
     releases = lab.efs_path / ".reefguide-releases"
     before = sorted(str(p.relative_to(lab.efs_path)) for p in releases.rglob("*"))
+
+    # with the instance stopped, a check run says from the records what a removal would take
+    sessions = lab.sessions_started()
+    stopped = playbook(lab, inv, "teardown.yml", "--check", "-e", '{"remove": ["%s"]}' % dest)
+    out = " ".join(stopped.stdout.split())  # YAML output wraps long lines
+    assert stopped.returncode == 0, stopped.stdout[-3000:]
+    assert "EFS: not inspected (a check run does not start the stopped instance)" in out, stopped.stdout[-3000:]
+    assert re.search(r"%s: 1 files, 10000 bytes, would be kept as release \S+, not deleted" % dest, out), out[-3000:]
+    assert lab.sessions_started() == sessions
+    assert lab.supervisor()["instances"][lab.instance_id]["ec2_state"] == "stopped"
     lab.start_instance()
     sessions = lab.sessions_started()
 

@@ -195,9 +195,33 @@ def test_teardown_summary_counts_what_went_and_what_it_saves() -> None:
 def test_teardown_check_without_the_instance_says_efs_was_not_inspected() -> None:
     lines = teardown_summary({"check_mode": True, "deployment": DEPLOYMENT, "s3": {}, "efs": None})
     assert lines[0].startswith("CHECK MODE")
-    assert "EFS: not inspected (a check run does not start the stopped instance)" in lines
+    assert lines[3] == ("EFS: not inspected (a check run does not start the stopped instance); releases beyond "
+                        "keep and staging leftovers are listed by a check run while the instance runs.")
     assert "Incomplete multipart uploads (billed, invisible in listings): 0, 0 parts, 0 bytes to abort" in lines
     assert lines[-1] == "Instance i-0abc: would be stopped (never terminated)"
+
+
+def test_teardown_check_without_the_instance_says_from_the_records_what_a_removal_takes() -> None:
+    records = [{"dest": "data/reefguide/a", "release_id": "r1", "mode": "replace", "files": 3, "bytes": 300},
+               {"dest": "data/reefguide/a/m", "release_id": "r2", "mode": "mirror", "files": 1, "bytes": 10},
+               {"dest": "data/reefguide/b", "release_id": "r3", "mode": "merge", "files": 2, "bytes": 20,
+                "pending": "run-9"},
+               {"dest": "data/reefguide/c", "release_id": "r4", "mode": "replace", "files": 5, "bytes": 50}]
+    lines = teardown_summary({"check_mode": True, "deployment": DEPLOYMENT, "s3": {}, "efs": None,
+                              "records": records, "remove": ["data/reefguide/a", "data/reefguide/b",
+                                                             "data/reefguide/c/x", "data/other"]})
+    start = lines.index(next(line for line in lines if line.startswith("EFS: not inspected")))
+    assert lines[start].endswith("; from the records of what is live, the removal would take:")
+    assert lines[start + 1:start + 6] == [
+        "  data/reefguide/a: 3 files, 300 bytes, would be kept as release r1, not deleted (rollback.yml brings "
+        "it back)",
+        "  data/reefguide/a/m: 1 files, 10 bytes, would be deleted",
+        "  data/reefguide/b: 2 files, 20 bytes, would be kept as release r3, not deleted (rollback.yml brings "
+        "it back) (its record is marked pending: EFS may differ)",
+        "  data/reefguide/c/x: inside what is live at data/reefguide/c (release r4): not counted without the "
+        "instance",
+        "  data/other: no record of what is live there: what it holds is known only on EFS",
+    ]
 
 
 def test_the_filters_are_registered_under_their_names() -> None:
