@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from ansible.module_utils.reefguide.layout import key_to_target
+from ansible.module_utils.reefguide.layout import key_to_target, target_key
 
 from helpers import ROOT, run_playbook
 from lab import Lab
@@ -71,3 +71,34 @@ def assert_records_true(lab: Lab, step: str) -> None:
             assert on_efs == recorded, (step, dest, "record says", recorded, "EFS holds", on_efs)
         else:  # a merge onto a destination nobody had recorded: what it names is there
             assert {rel: on_efs.get(rel) for rel in recorded} == recorded, (step, dest)
+
+
+
+def released_data(lab: Lab) -> dict[str, tuple[int, str]]:
+    """Every file live at a target with releases of its own, by its path under the EFS root."""
+    out: dict[str, tuple[int, str]] = {}
+    for target in released_targets(lab):
+        out.update({"%s/%s" % (target, rel): v for rel, v in digests(lab.efs_path / target).items()})
+    return out
+
+
+def kept_anywhere(lab: Lab) -> set[tuple[str, tuple[int, str]]]:
+    """(path under the EFS root, digest) of every file live at a released target or kept in one of its
+    releases (where rollback.yml would put it back)."""
+    out = set(released_data(lab).items())
+    for target in released_targets(lab):
+        area = lab.efs_path / ".reefguide-releases" / target_key(target)
+        for kept in (d for d in area.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            out.update(("%s/%s" % (target, rel), v) for rel, v in digests(kept).items())
+    return out
+
+
+def assert_no_released_data_lost(lab: Lab, before: dict[str, tuple[int, str]], step: str,
+                                 mirrored: str = "") -> None:
+    """Every file that was live at a released target before the step is still live or kept in a
+    release that rollback.yml brings back; what a mirror changes in place (its destination, as
+    documented: no rollback) is the one exception."""
+    kept = kept_anywhere(lab)
+    lost = sorted(path for path, v in before.items()
+                  if (path, v) not in kept and not (mirrored and (path + "/").startswith(mirrored + "/")))
+    assert not lost, (step, "was live and is now lost:", lost)

@@ -1,8 +1,10 @@
 """The record of what is live never lies, as a property: random sequences of our operations (stage in
 every mode, rollback, remove, prune) on nested destinations, stages and rollbacks interrupted at
 chosen steps (Ctrl-C after the release, the instance stopped before it, kill -9 of the controller
-during the upload), and after each step every record agrees with EFS (a record marked pending claims
-nothing), and the same stage again either does nothing because EFS holds it, or stages and then it
+during the upload; a removal of released data, Ctrl-C right after it), and after each step every
+record agrees with EFS (a record marked pending claims nothing), nothing that was live at a released
+destination is lost without a kept release (a mirror of that destination itself excepted, as
+documented), and the same stage again either does nothing because EFS holds it, or stages and then it
 does (docs/reliability.md, "The record of what is live"; the named scenarios are test_live_record.py)."""
 
 from __future__ import annotations
@@ -20,7 +22,17 @@ import pytest
 from helpers import ROOT, playbook_command, run_playbook
 from helpers import make_tree as make
 from lab import Lab, running_lab
-from live_records import INVENTORY, NOTHING, assert_records_true, digests, efs_files, play, stage
+from live_records import (
+    INVENTORY,
+    NOTHING,
+    assert_no_released_data_lost,
+    assert_records_true,
+    digests,
+    efs_files,
+    play,
+    released_data,
+    stage,
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +82,8 @@ def locked(lab: Lab) -> bool:
 
 
 DESTS = ["data/reefguide/prop/p", "data/reefguide/prop/p/q", "data/reefguide/prop/r"]
+STEPS = 8  # drawn from the seed; then one more: the removal of released data, interrupted
+FINAL = ("remove", "data/reefguide/prop/p", "ctrl-c after the release")
 VARIANTS = [{"a": "1\n", "d/b": "1\n"}, {"a": "2\n", "c": "2\n"}, {"d/b": "3\n", "e": "3\n"}]
 
 
@@ -79,12 +93,16 @@ def test_random_sequences_of_our_operations_keep_every_record_true(rlab: Lab, tm
     turns = 0
     srcs = [make(tmp_path / ("v%d" % i), files) for i, files in enumerate(VARIANTS)]
     last: dict[str, tuple[Path, str]] = {}
-    for n in range(8):
-        op, dest = rng.choice(["stage", "stage", "stage", "rollback", "remove", "prune"]), rng.choice(DESTS)
-        how = None
+    for n in range(STEPS + 1):
+        how, mirrored = None, ""
+        if n == STEPS:
+            op, dest, how = FINAL
+        else:
+            op, dest = rng.choice(["stage", "stage", "stage", "rollback", "remove", "prune"]), rng.choice(DESTS)
         if op in ("stage", "rollback"):
             how, turns = IN_TURN[turns % len(IN_TURN)], turns + 1
         brk = ("-e", "break_lock=true") if locked(rlab) else ()  # what the operator does after an interruption
+        before = released_data(rlab)
         if op == "stage":
             src, mode = rng.choice(srcs), rng.choice(["replace", "merge", "mirror"])
             args = ("-e", "src=%s" % src, "-e", "dest=%s" % dest, "-e", "mode=%s" % mode) + brk
@@ -93,20 +111,25 @@ def test_random_sequences_of_our_operations_keep_every_record_true(rlab: Lab, tm
             else:
                 play(rlab, "stage_data.yml", *args)
             last[dest] = (src, mode)
+            mirrored = dest if mode == "mirror" else ""
         elif op == "rollback" and how:
             run_interrupted(rlab, how, "rollback.yml", "-e", "dest=%s" % dest, *brk)
         elif op == "rollback":  # may have no earlier release: then it fails and changes nothing
             run_playbook(rlab.env, INVENTORY, "rollback.yml", "-e", "dest=%s" % dest, *brk)
+        elif op == "remove" and how:
+            run_interrupted(rlab, how, "teardown.yml", "-e", '{"remove": ["%s"]}' % dest, *brk)
         elif op == "remove":
             play(rlab, "teardown.yml", "-e", '{"remove": ["%s"]}' % dest, *brk)
         else:
             play(rlab, "teardown.yml", "-e", "keep=0", *brk)
         step = "step %d: %s %s%s" % (n, op, dest, ", %s" % how if how else "")
         assert_records_true(rlab, step)
+        assert_no_released_data_lost(rlab, before, step, mirrored)
         # the same data again: nothing to do because EFS already holds it, or staged and then it does
         again = rng.choice(sorted(last)) if last else None
         if again:
             src, mode = last[again]
+            before = released_data(rlab)
             out = stage(rlab, src, again, "-e", "mode=%s" % mode, *(("-e", "break_lock=true") if locked(rlab) else ()))
             got = efs_files(rlab, again)
             want = digests(src)
@@ -115,3 +138,5 @@ def test_random_sequences_of_our_operations_keep_every_record_true(rlab: Lab, tm
             else:
                 assert got == want, (step, again, mode, NOTHING in out, out[-2000:])
             assert_records_true(rlab, step + ", then the same stage again")
+            assert_no_released_data_lost(rlab, before, step + ", then the same stage again",
+                                         again if mode == "mirror" else "")
