@@ -43,7 +43,7 @@ detached = _load_detached()
 
 # The task's arguments, checked and defaulted in one place (documented in library/efs_session.py).
 ARGUMENT_SPEC: dict[str, Any] = dict(
-    operation=dict(type="str", choices=["stage", "teardown", "rollback"], default="stage"),
+    operation=dict(type="str", choices=["stage", "teardown", "rollback", "compare"], default="stage"),
     install_packages=dict(type="bool", default=True),
     remove=dict(type="list", elements="str", default=[]),
     allowed_roots=dict(type="list", elements="str", default=["data/reefguide"]),
@@ -76,6 +76,8 @@ ARGUMENT_SPEC: dict[str, Any] = dict(
     remote_timeout=dict(type="int", default=14400),
     poll_interval=dict(type="float", default=10.0),
     progress_file=dict(type="str"),
+    # operation=compare (a check run): the local manifest, rel -> [size, SHA-256]
+    files=dict(type="dict"),
 )
 # Modules that write on EFS, and the argument that makes them refuse when it is no longer mounted.
 # (s3_sync takes the mount point itself: it also runs on the controller, with no mount to check).
@@ -84,6 +86,7 @@ REQUIRED_IF = [
     ("operation", "stage", ("bucket", "prefix", "dest", "staging", "staging_area", "run_id")),
     ("operation", "teardown", ("staging_root",)),
     ("operation", "rollback", ("dest",)),
+    ("operation", "compare", ("dest", "files")),
 ]
 
 
@@ -336,6 +339,13 @@ class ActionModule(ActionBase):
         return {"changed": bool(prune.get("changed") or tidy.get("changed")), "bytes_freed": freed,
                 "pruned": prune.get("pruned", []), "removed": tidy.get("removed", []),
                 "kept_as_release": tidy.get("kept_as_release", [])}
+
+    def compare(self, a: dict[str, Any], root: str, user: str) -> dict[str, Any]:
+        """A check run's plan from what EFS holds (read-only)."""
+        res = self.step("compare", "efs_compare", {"root": root, "dest": a["dest"], "files": a["files"],
+                                                   "mode": a["mode"]})
+        return {"changed": False, "compared": {k: res.get(k) for k in ("exists", "counts", "new", "changed_files",
+                                                                       "removed")}}
 
     def rollback(self, a: dict[str, Any], root: str, user: str) -> dict[str, Any]:
         args = {"root": root, "target": a["dest"], "state": "rolled_back"}

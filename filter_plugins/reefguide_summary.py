@@ -176,6 +176,11 @@ def _plan_line(run: dict[str, Any]) -> Optional[str]:
         return None
     request = run.get("request") or {}
     local = "%d files, %d bytes locally" % (counts["local_files"], counts["local_bytes"])
+    on_efs = (run.get("compared_on_efs") or {}).get("counts")
+    if on_efs:
+        return "Plan (compared on the instance with what EFS holds at %s): %d new, %d changed, %d removed, " \
+               "%d unchanged files (%s)" % (request.get("dest"), on_efs["new"], on_efs["changed"],
+                                            on_efs["removed"], on_efs["unchanged"], local)
     if live.get("pending"):
         return ("Plan: not known on the controller: run %s was interrupted at %s before it recorded what it did, "
                 "so the record is not taken for what is live; every file is compared on the instance with what "
@@ -203,7 +208,10 @@ def stage_summary(run: dict[str, Any]) -> list[str]:
     stage, upload = run.get("stage") or {}, run.get("upload") or {}
     lines = ["Deployment %s: instance %s, transfer bucket %s, EFS %s" % (
         run.get("stack_name"), dep.get("instance_id", "?"), dep.get("bucket", "?"), dep.get("efs_id", "?"))]
-    if run.get("check_mode"):
+    if run.get("check_mode") and run.get("compared_on_efs"):
+        lines.append("CHECK MODE: nothing was changed. The instance was running and no record of what is live "
+                     "could be trusted, so the plan compares src with what EFS holds (read-only).")
+    elif run.get("check_mode"):
         lines.append("CHECK MODE: nothing was changed. The instance is not started by a check run, so EFS was "
                      "not inspected; the plan compares src with the record of what is live.")
     if run.get("failure") and _files(upload, "transferred") + _files(upload, "skipped"):

@@ -28,7 +28,16 @@ description:
 version_added: "0.1.0"
 author: reefguide-efs developers
 options:
-  operation: {description: What to do., type: str, choices: [stage, teardown, rollback], default: stage}
+  operation:
+    description:
+      - What to do. V(compare) (a check run that finds the instance running, with no record of what is
+        live to trust) compares O(files) with what EFS holds at O(dest) (C(efs_compare)); read-only.
+    type: str
+    choices: [stage, teardown, rollback, compare]
+    default: stage
+  files:
+    description: With V(compare), the local manifest, relative path -> [size, SHA-256] (C(live_manifest) O(with_files)).
+    type: dict
   install_packages:
     description: Install python3-boto3 on the instance (dnf, or apt) when its python lacks boto3.
     type: bool

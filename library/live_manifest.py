@@ -83,6 +83,10 @@ options:
         V(replace) and V(mirror), those under which the run had files for V(merge)).
       - With V(absent) the records of every destination above and below it are dropped too.
     type: str
+  with_files:
+    description: With V(compared), also return the local manifest (C(files)), for a comparison on the instance.
+    type: bool
+    default: false
   legacy_keys:
     description:
       - Keys the destination's record had in older versions (stage_request's C(legacy_live_manifest_key)).
@@ -106,6 +110,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+files:
+  description: With V(compared) and O(with_files), the local manifest, relative path -> [size, SHA-256].
+  returned: state=compared and with_files
+  type: dict
 equal:
   description: With V(compared), whether the local tree is what is live (nothing to stage).
   returned: state=compared
@@ -244,9 +252,10 @@ def compare(module: AnsibleModule, s3: Any) -> None:
     # a marked record: an operation there may have changed EFS after it was written
     recorded = record.get("files") is not None  # a record holding only a mark records nothing
     equal = recorded and whole and not pending and not new and not changed and not removed
+    extra = {"files": {rel: list(v) for rel, v in local.items()}} if p["with_files"] else {}
     module.exit_json(
         changed=False, equal=equal, recorded=recorded, release_id=record.get("release_id"),
-        pending=pending,
+        pending=pending, **extra,
         new=new[:20], changed_files=changed[:20], removed=removed[:20],
         counts={"new": len(new), "changed": len(changed), "removed": len(removed),
                 "unchanged": len(local) - len(new) - len(changed),
@@ -465,6 +474,7 @@ def main() -> None:
         release_id=dict(type="str"),
         legacy_keys=dict(type="list", elements="str", default=[], no_log=False),
         dest=dict(type="str"),
+        with_files=dict(type="bool", default=False),
     )
     spec.update(AWS_COMMON_ARGS)
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True,

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import ROOT, run_playbook
+from helpers import ROOT, make_tree, run_playbook, tree
 from lab import Lab
 
 
@@ -118,6 +118,21 @@ def test_teardown_check_on_a_running_instance_lists_what_would_go_and_changes_no
     assert lab.sessions_started() > sessions  # it looked at EFS: the instance was running
     assert leftover.exists()
     assert sorted(str(p.relative_to(lab.efs_path)) for p in releases.rglob("*")) == before
+    assert lab.supervisor()["instances"][lab.instance_id]["ec2_state"] == "running"
+
+    # a stage --check with no record to trust, the instance running: the plan is what EFS holds
+    handmade = lab.efs_path / "data/reefguide/handmade"
+    make_tree(handmade, {"same.csv": "1\n", "edited.csv": "old\n", "extra.csv": "x\n"})
+    src = make_tree(tmp_path / "handmade", {"same.csv": "1\n", "edited.csv": "new\n", "added.csv": "y\n"})
+    on_efs = tree(handmade)
+    check = playbook(lab, inv, "stage_data.yml", "--check", "-e", "src=%s" % src,
+                     "-e", "dest=data/reefguide/handmade")
+    out = " ".join(check.stdout.split())  # YAML output wraps long lines
+    assert check.returncode == 0, check.stdout[-3000:]
+    assert ("Plan (compared on the instance with what EFS holds at data/reefguide/handmade): 1 new, 1 changed, "
+            "1 removed, 1 unchanged files") in out, check.stdout[-3000:]
+    assert "the plan compares src with what EFS holds (read-only)" in out
+    assert tree(handmade) == on_efs
     assert lab.supervisor()["instances"][lab.instance_id]["ec2_state"] == "running"
 
     real = playbook(lab, inv, "teardown.yml", "-e", "keep=0")

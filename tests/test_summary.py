@@ -201,6 +201,21 @@ def test_teardown_check_without_the_instance_says_efs_was_not_inspected() -> Non
     assert lines[-1] == "Instance i-0abc: would be stopped (never terminated)"
 
 
+def test_a_check_run_that_compared_on_the_instance_says_so() -> None:
+    run = {"check_mode": True, "deployment": DEPLOYMENT, "request": {"dest": "data/reefguide/x", "mode": "replace"},
+           "live": {"recorded": False, "counts": {"new": 0, "changed": 0, "removed": 0, "unchanged": 0,
+                                                  "local_files": 3, "local_bytes": 9}},
+           "compared_on_efs": {"exists": True, "counts": {"new": 1, "changed": 1, "removed": 4, "unchanged": 1}}}
+    lines = stage_summary(run)
+    assert "Plan (compared on the instance with what EFS holds at data/reefguide/x): 1 new, 1 changed, 4 removed, " \
+           "1 unchanged files (3 files, 9 bytes locally)" in lines
+    assert any(line.startswith("CHECK MODE") and "compares src with what EFS holds" in line for line in lines)
+    run.pop("compared_on_efs")
+    lines = stage_summary(run)
+    assert any(line.startswith("Plan: no record of what is live at data/reefguide/x") for line in lines)
+    assert any(line.startswith("CHECK MODE") and "EFS was not inspected" in line for line in lines)
+
+
 def test_teardown_check_without_the_instance_says_from_the_records_what_a_removal_takes() -> None:
     records = [{"dest": "data/reefguide/a", "release_id": "r1", "mode": "replace", "files": 3, "bytes": 300},
                {"dest": "data/reefguide/a/m", "release_id": "r2", "mode": "mirror", "files": 1, "bytes": 10},
