@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -86,12 +87,16 @@ def test_teardown_check_on_a_running_instance_lists_what_would_go_and_changes_no
         lab: Lab, tmp_path: Path) -> None:
     inv = ROOT / "inventory" / "lab.yml"
     dest = "data/reefguide/tdcheck"
+    async_dir = lab.dir / "instances" / lab.instance_id / "root" / ".ansible_async"
+    results_before = set(os.listdir(async_dir)) if async_dir.is_dir() else set()
     for version in ("1", "2"):
         src = tmp_path / ("v" + version)
         src.mkdir()
         (src / "table.csv").write_text("version %s\n" % version * 1000)
         run = playbook(lab, inv, "stage_data.yml", "-e", "src=%s" % src, "-e", "dest=%s" % dest)
         assert run.returncode == 0, run.stdout[-3000:]
+    # each detached step's result file on the instance goes once it has been read
+    assert async_dir.is_dir() and set(os.listdir(async_dir)) <= results_before
     leftover = lab.efs_path / ".reefguide-staging" / "dead-run" / "big.bin"
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"\0" * 300000)

@@ -154,7 +154,8 @@ class Detached:
             wait = min(wait * 2, self.poll_interval)
 
     def forget(self, job: dict[str, Any]) -> None:
-        paths = [self.record_path(job)] + ([job["progress_file"]] if job.get("progress_file") else [])
+        """The job's record, its progress file and async_wrapper's result file (read by now) go."""
+        paths = [self.record_path(job)] + [job[k] for k in ("progress_file", "results_file") if job.get(k)]
         self.shell("rm -f %s" % " ".join(shlex.quote(p) for p in paths))
 
     def run(self, name: str, module: str, args: dict[str, Any], progress: Optional[str] = None) -> dict[str, Any]:
