@@ -782,19 +782,32 @@ def deny_all() -> Iterator[Server]:
         server.server_close()
 
 
-def relay(handler: http.server.BaseHTTPRequestHandler, target: str, body: Optional[bytes]) -> None:
-    """Forwards the request handler holds (its body already read) to target, and the answer back."""
+def fetch(handler: http.server.BaseHTTPRequestHandler, target: str,
+          body: Optional[bytes]) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The answer of target to the request handler holds (its body already read)."""
     conn = http.client.HTTPConnection(target, timeout=60)
     conn.request(handler.command, handler.path, body=body, headers=dict(handler.headers))
     resp = conn.getresponse()
     data = resp.read()
     conn.close()
-    handler.send_response(resp.status)
-    for name, value in resp.getheaders():
+    return resp.status, resp.getheaders(), data
+
+
+def answer_head(handler: http.server.BaseHTTPRequestHandler, status: int, headers: list[tuple[str, str]],
+                length: int) -> None:
+    """The status line and headers of an answer fetched from elsewhere, for a body of length bytes."""
+    handler.send_response(status)
+    for name, value in headers:
         if name.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
             handler.send_header(name, value)
-    handler.send_header("content-length", str(len(data)))
+    handler.send_header("content-length", str(length))
     handler.end_headers()
+
+
+def relay(handler: http.server.BaseHTTPRequestHandler, target: str, body: Optional[bytes]) -> None:
+    """Forwards the request handler holds (its body already read) to target, and the answer back."""
+    status, headers, data = fetch(handler, target, body)
+    answer_head(handler, status, headers, len(data))
     if handler.command != "HEAD":
         handler.wfile.write(data)
 

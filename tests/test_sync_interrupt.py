@@ -11,7 +11,6 @@ little, so that a run lasts long enough to be interrupted."""
 
 from __future__ import annotations
 
-import http.client
 import http.server
 import json
 import os
@@ -26,7 +25,20 @@ from typing import Any, Callable
 
 import pytest
 from ansible.module_utils.reefguide.sync_common import TMP_RE
-from test_s3_sync import ENGINE, MiB, Server, age, aws_env, engine, moto, relay, snapshot, write  # noqa: F401 - fixtures
+from test_s3_sync import (  # noqa: F401 - fixtures
+    ENGINE,
+    MiB,
+    Server,
+    age,
+    answer_head,
+    aws_env,
+    engine,
+    fetch,
+    moto,
+    relay,
+    snapshot,
+    write,
+)
 
 from helpers import ROOT, VENV_BIN
 
@@ -276,17 +288,8 @@ class HalfWay(http.server.BaseHTTPRequestHandler):
             body += self.rfile.read(length - len(body))
             relay(self, self.target, body)
             return
-        conn = http.client.HTTPConnection(self.target, timeout=60)
-        conn.request("GET", self.path, headers=dict(self.headers))
-        resp = conn.getresponse()
-        data = resp.read()
-        conn.close()
-        self.send_response(resp.status)
-        for name, value in resp.getheaders():
-            if name.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
-                self.send_header(name, value)
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
+        status, headers, data = fetch(self, self.target, None)
+        answer_head(self, status, headers, len(data))
         self.wfile.write(data[: len(data) // 2])
         self.wfile.flush()
         self.gate.wait(120)
