@@ -5,6 +5,7 @@ running the engine in-process and failing one rename."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -235,6 +236,56 @@ def test_release_prunes_to_keep_and_pruned_state_frees_bytes(efs: EFS) -> None:
     # A release with the default keep (2) prunes as it goes.
     fifth = ok(efs.release("r5", version(5), keep=1))
     assert [p["release_id"] for p in fifth["pruned"]] == ["r3"] and fifth["releases"] == ["r4"]
+
+
+def test_a_prune_cut_halfway_leaves_nothing_a_rollback_can_restore(efs: EFS, monkeypatch) -> None:
+    for n in range(1, 4):
+        ok(efs.release("r%d" % n, version(n), keep=5))  # r3 live, r2 and r1 kept
+    real_unlink = os.unlink
+    calls: list[Any] = []
+
+    def cut(path: Any, *a: Any, **kw: Any) -> None:  # the instance lost halfway through deleting r2
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        real_unlink(path, *a, **kw)
+
+    monkeypatch.setattr(os, "unlink", cut)
+    with pytest.raises(ReleaseError, match="Input/output error"):
+        run_in_process(efs, target=PKG, state="pruned", keep=0)
+    monkeypatch.undo()
+    history = json.loads((efs.key_dir() / "history.json").read_text())
+    assert [r["release_id"] for r in history["releases"]] == ["r1"]
+    assert sorted(os.listdir(efs.key_dir())) == [".lock", ".pruning-r2", "history.json", "r1"]
+    back = efs.run({"target": PKG, "state": "rolled_back", "release_id": "r2"})  # half deleted: not offered
+    assert back.get("failed") and snapshot(efs.root / PKG) == snapshot_of(version(3)), back
+    again = ok(efs.run({"target": PKG, "state": "pruned", "keep": 0}))  # sweeps what the cut prune left
+    assert [p["release_id"] for p in again["pruned"]] == ["r1"] and again["bytes_freed"] > 0
+    assert sorted(os.listdir(efs.key_dir())) == [".lock", "history.json"]
+
+
+def test_a_file_still_open_in_a_pruned_release_is_left_for_a_later_prune(efs: EFS, monkeypatch) -> None:
+    """On NFS a file deleted while this instance holds it open becomes .nfsXXXX, and removing that
+    name fails (EBUSY) until it is closed: the prune goes on, and a later one sweeps it."""
+    for n in (1, 2):
+        ok(efs.release("r%d" % n, version(n), keep=5))
+    held = efs.key_dir() / "r1" / "spatial" / ".nfs0000000000a1b2c300000001"
+    held.write_bytes(b"still open")
+    real_unlink = os.unlink
+
+    def busy(path: Any, *a: Any, **kw: Any) -> None:
+        if os.path.basename(str(path)).startswith(".nfs"):
+            raise OSError(errno.EBUSY, "Device or resource busy", str(path))
+        real_unlink(path, *a, **kw)
+
+    monkeypatch.setattr(os, "unlink", busy)
+    pruned = ok(run_in_process(efs, target=PKG, state="pruned", keep=0))
+    assert [p["release_id"] for p in pruned["pruned"]] == ["r1"]
+    left = efs.key_dir() / ".pruning-r1"
+    assert [p.name for p in left.rglob("*") if p.is_file()] == [held.name]
+    monkeypatch.undo()  # closed now
+    ok(run_in_process(efs, target=PKG, state="pruned", keep=0))
+    assert not left.exists() and snapshot(efs.root / PKG) == snapshot_of(version(2))
 
 
 def test_data_reefguide_cache_survives_and_always_exists(efs: EFS) -> None:

@@ -125,14 +125,32 @@ class FreedBytes:
         return files, freed
 
 
+# A file deleted while this host still holds it open: its NFS client renames it .nfsXXXX, and
+# that name cannot be removed (EBUSY) until the file is closed.
+NFS_OPEN_FILE_PREFIX = ".nfs"
+
+
+def _skip_open_nfs_files(func: object, path: str, exc_info: tuple) -> None:
+    """shutil.rmtree's onerror: an .nfs* file still open here stays, and so do the directories that
+    hold it (ENOTEMPTY); anything else is raised."""
+    exc = exc_info[1]
+    if isinstance(exc, OSError) and exc.errno == errno.EBUSY and \
+            os.path.basename(path).startswith(NFS_OPEN_FILE_PREFIX):
+        return
+    if isinstance(exc, OSError) and exc.errno == errno.ENOTEMPTY:
+        return
+    raise exc
+
+
 def remove_tree(root: str, path: str, dry_run: bool = False, freed: Optional[FreedBytes] = None,
-                contents_only: bool = False) -> tuple[int, int]:
+                contents_only: bool = False, leave_open_nfs_files: bool = False) -> tuple[int, int]:
     """Delete path (a directory or file below root, never root itself), or
     with contents_only what a directory holds, and return (files, bytes
     freed) as FreedBytes counts them (pass one tally for several deletions).
     Refuses anything that resolves outside root; a symlink is removed as a
     link, never followed (shutil.rmtree does not follow links inside the
-    tree either)."""
+    tree either). leave_open_nfs_files: the .nfs* files this host still holds
+    open stay, with their directories, for a later call to sweep."""
     if not os.path.lexists(path):
         return 0, 0
     resolved = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
@@ -148,7 +166,9 @@ def remove_tree(root: str, path: str, dry_run: bool = False, freed: Optional[Fre
     if not dry_run:
         victims = [os.path.join(path, name) for name in sorted(os.listdir(path))] if contents_only else [path]
         for victim in victims:
-            if is_real_dir(victim):
+            if is_real_dir(victim) and leave_open_nfs_files:
+                shutil.rmtree(victim, onerror=_skip_open_nfs_files)
+            elif is_real_dir(victim):
                 shutil.rmtree(victim)  # fd-based on Linux: never follows a symlink inside
             else:
                 os.unlink(victim)

@@ -231,12 +231,11 @@ class Release(ReleaseTarget):
     def prune(self) -> None:
         """Delete (check mode: measure) the releases beyond keep."""
         doomed = prune_plan(self.kept(), self.p["keep"])
-        pruned = prune_releases(self.root, self.history, doomed, self.freed, dry_run=self.check)
-        if pruned and not self.check:
-            save_history(self.key_dir, self.history)
+        swept = 0 if self.check else sweep_pruned(self.root, self.key_dir, self.freed)
+        pruned = prune_releases(self.root, self.key_dir, self.history, doomed, self.freed, dry_run=self.check)
         self.result["pruned"] = [dict(p, target=self.target_rel) for p in pruned]
-        self.result["bytes_freed"] += sum(p["bytes"] for p in pruned)
-        if pruned:
+        self.result["bytes_freed"] += swept + sum(p["bytes"] for p in pruned)
+        if pruned or swept:
             self.result["changed"] = True
 
     def keep_and_prune(self, live: Optional[dict[str, Any]]) -> None:
@@ -255,18 +254,40 @@ class Release(ReleaseTarget):
             "would prune" if self.check else "pruned", len(self.result["pruned"]), self.target_rel)
 
 
-def prune_releases(root: str, history: dict[str, Any], doomed: list[dict[str, Any]], freed: FreedBytes,
-                   dry_run: bool = False) -> list[dict[str, Any]]:
-    """Delete the doomed releases of one target (list_releases entries) and
-    drop them from history in memory (the caller saves it); dry_run only
-    measures. Returns [{release_id, bytes}]: the bytes each deletion frees,
-    counted in freed (releases are hard-link copies of each other)."""
-    out = [{"release_id": rel["release_id"], "bytes": remove_tree(root, rel["path"], dry_run, freed)[1]}
-           for rel in doomed]
-    if not dry_run:
-        ids = {rel["release_id"] for rel in doomed}
-        history["releases"] = [r for r in history.get("releases", []) if r.get("release_id") not in ids]
+# A release on its way out is renamed to this prefix + its id first: list_releases offers no dot
+# name, so a prune cut halfway (a crash, a lost instance, a file held open) leaves nothing that a
+# rollback could put back half deleted; the next prune of the target sweeps what is left.
+PRUNING = ".pruning-"
+
+
+def prune_releases(root: str, key_dir: str, history: dict[str, Any], doomed: list[dict[str, Any]],
+                   freed: FreedBytes, dry_run: bool = False) -> list[dict[str, Any]]:
+    """Delete the doomed releases of one target (list_releases entries): each is renamed out of
+    reach, dropped from the history (saved), then deleted; dry_run only measures. Returns
+    [{release_id, bytes}]: the bytes each deletion frees, counted in freed (releases are hard-link
+    copies of each other)."""
+    out = []
+    for rel in doomed:
+        path = rel["path"]
+        if not dry_run:
+            path = os.path.join(key_dir, PRUNING + rel["release_id"])
+            os.rename(rel["path"], path)
+            history["releases"] = [r for r in history.get("releases", []) if r.get("release_id") != rel["release_id"]]
+            save_history(key_dir, history)
+        out.append({"release_id": rel["release_id"],
+                    "bytes": remove_tree(root, path, dry_run, freed, leave_open_nfs_files=True)[1]})
     return out
+
+
+def sweep_pruned(root: str, key_dir: str, freed: FreedBytes) -> int:
+    """What earlier prunes left under PRUNING names (cut short, or files still open then): deleted now,
+    the .nfs* files still open left again. The bytes freed."""
+    try:
+        names = [n for n in os.listdir(key_dir) if n.startswith(PRUNING)]
+    except FileNotFoundError:
+        return 0
+    return sum(remove_tree(root, os.path.join(key_dir, n), False, freed, leave_open_nfs_files=True)[1]
+               for n in sorted(names))
 
 
 def run_target(host: Any, params: dict[str, Any], check: bool, diff: bool, root: str, target_rel: str,
