@@ -46,7 +46,7 @@ FULL_ONLY_FILES = {
     "test_live_record.py", "test_lock_heartbeat.py", "test_molecule.py", "test_run_isolation.py",
     "test_ssm_limits.py", "test_workers.py", "test_load.py",
     "test_s3_sync.py", "test_sync_interrupt.py", "test_efs_mount.py", "test_efs_tidy.py",
-    "test_efs_release.py", "test_release_in_place.py",
+    "test_efs_release.py", "test_release_prune.py", "test_release_in_place.py",
 }
 
 
