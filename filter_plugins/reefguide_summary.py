@@ -178,9 +178,11 @@ def _plan_line(run: dict[str, Any]) -> Optional[str]:
     local = "%d files, %d bytes locally" % (counts["local_files"], counts["local_bytes"])
     on_efs = (run.get("compared_on_efs") or {}).get("counts")
     if on_efs:
+        why = ("run %s was interrupted there before it recorded what it did" % live["pending"]
+               if live.get("pending") else "no record of what is live there")
         return "Plan (compared on the instance with what EFS holds at %s): %d new, %d changed, %d removed, " \
-               "%d unchanged files (%s)" % (request.get("dest"), on_efs["new"], on_efs["changed"],
-                                            on_efs["removed"], on_efs["unchanged"], local)
+               "%d unchanged files (%s); %s" % (request.get("dest"), on_efs["new"], on_efs["changed"],
+                                               on_efs["removed"], on_efs["unchanged"], local, why)
     if live.get("pending"):
         return ("Plan: not known on the controller: run %s was interrupted at %s before it recorded what it did, "
                 "so the record is not taken for what is live; every file is compared on the instance with what "

@@ -208,7 +208,7 @@ def test_a_check_run_that_compared_on_the_instance_says_so() -> None:
            "compared_on_efs": {"exists": True, "counts": {"new": 1, "changed": 1, "removed": 4, "unchanged": 1}}}
     lines = stage_summary(run)
     assert "Plan (compared on the instance with what EFS holds at data/reefguide/x): 1 new, 1 changed, 4 removed, " \
-           "1 unchanged files (3 files, 9 bytes locally)" in lines
+           "1 unchanged files (3 files, 9 bytes locally); no record of what is live there" in lines
     assert any(line.startswith("CHECK MODE") and "compares src with what EFS holds" in line for line in lines)
     run.pop("compared_on_efs")
     lines = stage_summary(run)
