@@ -84,7 +84,9 @@ options:
       - With V(absent) the records of every destination above and below it are dropped too.
     type: str
   with_files:
-    description: With V(compared), also return the local manifest (C(files)), for a comparison on the instance.
+    description:
+      - With V(compared), also return the local manifest (C(files)) when the record cannot be trusted
+        (none, or marked pending by an interrupted run), for a check run's comparison on the instance.
     type: bool
     default: false
   legacy_keys:
@@ -112,7 +114,7 @@ EXAMPLES = r"""
 RETURN = r"""
 files:
   description: With V(compared) and O(with_files), the local manifest, relative path -> [size, SHA-256].
-  returned: state=compared and with_files
+  returned: state=compared and with_files, when no record can be trusted (none, or pending)
   type: dict
 equal:
   description: With V(compared), whether the local tree is what is live (nothing to stage).
@@ -252,7 +254,8 @@ def compare(module: AnsibleModule, s3: Any) -> None:
     # a marked record: an operation there may have changed EFS after it was written
     recorded = record.get("files") is not None  # a record holding only a mark records nothing
     equal = recorded and whole and not pending and not new and not changed and not removed
-    extra = {"files": {rel: list(v) for rel, v in local.items()}} if p["with_files"] else {}
+    untrusted = not recorded or pending is not None
+    extra = {"files": {rel: list(v) for rel, v in local.items()}} if p["with_files"] and untrusted else {}
     module.exit_json(
         changed=False, equal=equal, recorded=recorded, release_id=record.get("release_id"),
         pending=pending, **extra,
