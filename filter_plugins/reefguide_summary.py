@@ -102,7 +102,7 @@ def _release_line(run: dict[str, Any], stage: dict[str, Any], request: dict[str,
                                                                                     request.get("dest"))
 
 
-# What the workers (they mount data/reefguide through an EFS access point) saw, by efs_release's swap_method.
+# What the workers (their tasks' EFS volume has data/reefguide as its root) saw, by efs_release's swap_method.
 _SEEN = {
     "in_place": "%s stayed the directory the workers mount and was updated in place: each file changed in "
                 "one rename (a running worker read the old or the new file, never none), every directory they "
@@ -116,16 +116,17 @@ _SEEN = {
 
 
 def workers_summary(release: dict[str, Any], dest: str, restart: Optional[dict[str, Any]] = None) -> list[str]:
-    """What running workers saw during the swap, and the restart if one was asked for."""
+    """What running workers saw during the swap, and what became of those started before it (restart_workers)."""
     lines = []
     seen = _SEEN.get(release.get("swap_method") or "")
     if seen:
         lines.append("Workers: " + seen % dest + ".")
-    services = (restart or {}).get("services") or []
-    if services:
-        lines.append("Workers restarted (restart_workers=true): a new ECS deployment of %s; the new tasks mount "
-                     "EFS afresh." % ", ".join("%s (%s)" % (s.get("service"), s.get("deployment") or "?")
-                                             for s in services))
+    restart = restart or {}
+    if "workers" in restart:  # ecs_workers' result: the workers started before the release, waited for or stopped
+        lines.append("Workers started before the release (restart_workers=%s): %s." % (
+            "force" if restart.get("restart") == "force" else "true", restart.get("msg")))
+    elif restart.get("msg") and not restart.get("skipped"):
+        lines.append("Workers: restart_workers failed after the release, which stands: %s" % restart["msg"])
     return lines
 
 

@@ -1,21 +1,28 @@
 #!/usr/bin/python
-# reefguide-efs: restart a ReefGuide deployment's workers (a new ECS deployment of each worker service).
+# reefguide-efs: after a release, let the ReefGuide workers that started before it go (wait, or stop them).
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
 module: ecs_workers
-short_description: Restart the worker services of a ReefGuide stack with a new ECS deployment
+short_description: Wait for, or stop, the ReefGuide worker tasks started before a release
 description:
-  - Finds the stack's C(AWS::ECS::Service) resources (the ReefGuide and ADRIA workers) and asks ECS for
-    a new deployment of each (C(UpdateService) with C(forceNewDeployment)). ECS replaces the running
-    tasks; each new task mounts EFS afresh, so it starts on the data that is live now and with its
-    in-memory state (loaded layers, open files) rebuilt.
-  - Not needed to make a release of C(data/reefguide) visible (efs_release swaps it in place, and
-    running workers read the new files), but useful when the workers keep what they read in memory,
-    or after a release of a destination they had open.
-  - Runs on the controller after the release. In check mode it only lists the services it would restart.
+  - ReefGuide's workers are standalone ECS tasks that the capacity manager starts with C(RunTask) when jobs
+    wait; each exits by itself after some minutes idle, and the next one mounts EFS afresh. They are not
+    services, and this module never touches a service (the stack's two, the capacity manager and the web API,
+    run one task each; a new deployment of either takes the API down or makes the capacity manager forget its
+    workers).
+  - Finds the stack's cluster and task definitions from its resources, lists the cluster's running tasks, and
+    takes as workers those that run one of the stack's task definitions (by family) and were not started by a
+    service (no C(service:) group, no C(ecs-svc/) startedBy), started before O(started_before).
+  - With O(restart=wait) it waits, up to O(wait_timeout) seconds, for them to exit on their own, and reports those
+    still running; no job is lost. With O(restart=force) it stops them now (C(StopTask)); a job one of them had in
+    progress is lost (ReefGuide never reassigns it; it times out after about 2 h).
+  - Not needed to make a release of C(data/reefguide) visible (efs_release swaps it in place, and running workers
+    read the new files), but useful when workers keep what they read in memory.
+  - Runs on the controller after the release and after the instance is put back. In check mode it only lists the
+    workers it would wait for or stop.
 version_added: "0.3.0"
 author: reefguide-efs developers
 options:
@@ -23,101 +30,151 @@ options:
     description: The CloudFormation stack name of the ReefGuide deployment.
     type: str
     required: true
-  services:
-    description: Restart only these services (their names); default every worker service of the stack.
-    type: list
-    elements: str
+  restart:
+    description: V(wait) for the workers started before the release to exit by themselves, or V(force) to stop them.
+    type: str
+    choices: [wait, force]
+    default: wait
+  started_before:
+    description: Epoch seconds; only workers started before it are waited for or stopped. Default the module's start.
+    type: float
+  wait_timeout:
+    description: With V(wait), the most seconds to wait; the workers still running then are reported, not stopped.
+    type: int
+    default: 900
+  poll_interval:
+    description: Seconds between two looks at the workers while waiting.
+    type: float
+    default: 5
 extends_documentation_fragment: [reefguide_aws]
 """
 
 EXAMPLES = r"""
-- name: Restart the workers after the release
+- name: Wait for the workers started before the release to exit on their own
   ecs_workers:
     stack_name: reefguide-prod
     region: ap-southeast-2
   delegate_to: localhost
-  register: restarted
+  register: workers
 """
 
 RETURN = r"""
-services:
+cluster:
+  description: The stack's ECS cluster.
+  returned: success
+  type: str
+workers:
   description: >-
-    The services restarted (in check mode, those that would be), each with its cluster, name, ARN, the
-    primary deployment before, and the new one (null in check mode).
+    The worker tasks started before the release, each with its ARN, task-definition family, start time
+    (epoch seconds) and outcome (exited, still_running, stopped; would_wait or would_stop in check mode).
   returned: success
   type: list
   elements: dict
   sample:
-    - cluster: reefguide-prod-cluster
-      service: reefguide-worker
-      arn: arn:aws:ecs:ap-southeast-2:123456789012:service/reefguide-prod-cluster/reefguide-worker
-      deployment_before: ecs-svc/1234567890
-      deployment: ecs-svc/2345678901
+    - task: arn:aws:ecs:ap-southeast-2:123456789012:task/reefguide-prod-cluster/0123456789abcdef
+      family: reefguidejobsystemADRIAMODELRUNtaskdef1A2B3C4D
+      started_at: 1767225600.0
+      outcome: exited
+restart:
+  description: The O(restart) asked for.
+  returned: success
+  type: str
+waited:
+  description: Seconds spent waiting (V(wait)).
+  returned: success
+  type: float
 msg:
-  description: One line saying what was restarted.
+  description: One line saying what happened to the workers and what it means.
   returned: always
   type: str
 """
 
-from typing import Any, Optional
+import time
+from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.reefguide.aws import AWS_COMMON_ARGS, client_from_params, fail_aws, require_boto3
+from ansible.module_utils.reefguide.worker_tasks import restart_message, worker_tasks
 
 
-def worker_services(module: AnsibleModule, cf: Any, stack: str) -> list[dict[str, str]]:
-    """The stack's ECS services: cluster and name from each one's ARN
-    (arn:aws:ecs:<region>:<account>:service/<cluster>/<name>)."""
-    found = []
+def stack_ecs(module: AnsibleModule, cf: Any, stack: str) -> tuple[str, set[str]]:
+    """The stack's cluster name and the families of its task definitions."""
+    clusters, families = [], set()
     try:
         for page in cf.get_paginator("list_stack_resources").paginate(StackName=stack):
             for res in page["StackResourceSummaries"]:
-                arn = res.get("PhysicalResourceId") or ""
-                if res["ResourceType"] == "AWS::ECS::Service" and ":service/" in arn:
-                    cluster, _, name = arn.split(":service/", 1)[1].partition("/")
-                    found.append({"cluster": cluster, "service": name, "arn": arn})
+                physical = res.get("PhysicalResourceId") or ""
+                if res["ResourceType"] == "AWS::ECS::Cluster":
+                    clusters.append(physical.rsplit("/", 1)[-1])
+                elif res["ResourceType"] == "AWS::ECS::TaskDefinition":
+                    families.add(physical.rsplit("/", 1)[-1].rsplit(":", 1)[0])
     except Exception as exc:
         fail_aws(module, exc, "listing the resources of stack %s" % stack)
-    return sorted(found, key=lambda s: s["service"])
+    if len(clusters) != 1 or not families:
+        module.fail_json(msg="stack %s has %d ECS clusters and %d task definitions: it is not a ReefGuide stack with "
+                             "workers (leave restart_workers unset for this deployment)"
+                             % (stack, len(clusters), len(families)))
+    return clusters[0], families
 
 
-def primary(service: dict[str, Any]) -> Optional[str]:
-    return next((d["id"] for d in service.get("deployments", []) if d.get("status") == "PRIMARY"), None)
-
-
-def restart(module: AnsibleModule, ecs: Any, svc: dict[str, str]) -> dict[str, Any]:
+def running_tasks(module: AnsibleModule, ecs: Any, cluster: str, arns: Any = None) -> list[dict[str, Any]]:
+    """The cluster's running tasks, described (or these tasks, whatever their state)."""
     try:
-        before = ecs.describe_services(cluster=svc["cluster"], services=[svc["service"]])["services"]
-        out = dict(svc, deployment_before=primary(before[0]) if before else None, deployment=None)
-        if not module.check_mode:
-            updated = ecs.update_service(cluster=svc["cluster"], service=svc["service"], forceNewDeployment=True)
-            out["deployment"] = primary(updated["service"])
+        if arns is None:
+            arns = [a for page in ecs.get_paginator("list_tasks").paginate(cluster=cluster, desiredStatus="RUNNING")
+                    for a in page["taskArns"]]
+        tasks = []
+        for i in range(0, len(arns), 100):  # DescribeTasks takes at most 100
+            tasks += ecs.describe_tasks(cluster=cluster, tasks=arns[i:i + 100])["tasks"]
+        return tasks
     except Exception as exc:
-        fail_aws(module, exc, "restarting ECS service %s in cluster %s" % (svc["service"], svc["cluster"]))
-    return out
+        fail_aws(module, exc, "listing the tasks of ECS cluster %s" % cluster)
+    return []
+
+
+def wait_for_exit(module: AnsibleModule, ecs: Any, cluster: str, workers: list[dict[str, Any]]) -> float:
+    start, p = time.time(), module.params
+    while True:
+        states = {t["taskArn"]: t.get("lastStatus") for t in running_tasks(module, ecs, cluster, [w["task"]
+                                                                                                 for w in workers])}
+        for w in workers:
+            w["outcome"] = "exited" if states.get(w["task"], "STOPPED") == "STOPPED" else "still_running"
+        waited = time.time() - start
+        if all(w["outcome"] == "exited" for w in workers) or waited >= p["wait_timeout"]:
+            return waited
+        time.sleep(min(p["poll_interval"], max(0.0, p["wait_timeout"] - waited)))
 
 
 def main() -> None:
-    spec = dict(stack_name=dict(type="str", required=True), services=dict(type="list", elements="str"))
+    spec = dict(stack_name=dict(type="str", required=True),
+                restart=dict(type="str", choices=["wait", "force"], default="wait"),
+                started_before=dict(type="float"), wait_timeout=dict(type="int", default=900),
+                poll_interval=dict(type="float", default=5.0))
     spec.update(AWS_COMMON_ARGS)
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     require_boto3(module)
-    stack = module.params["stack_name"]
-    services = worker_services(module, client_from_params(module, "cloudformation"), stack)
-    wanted = module.params["services"]
-    if wanted:
-        unknown = sorted(set(wanted) - {s["service"] for s in services})
-        if unknown:
-            module.fail_json(msg="stack %s has no worker service %s; it has: %s" % (
-                stack, ", ".join(unknown), ", ".join(s["service"] for s in services) or "none"))
-        services = [s for s in services if s["service"] in wanted]
-    if not services:
-        module.fail_json(msg="stack %s has no AWS::ECS::Service resources: no workers to restart "
-                             "(leave restart_workers unset for this deployment)" % stack)
+    p = module.params
+    before = p["started_before"] if p["started_before"] is not None else time.time()
+    cluster, families = stack_ecs(module, client_from_params(module, "cloudformation"), p["stack_name"])
     ecs = client_from_params(module, "ecs")
-    done = [restart(module, ecs, svc) for svc in services]
-    module.exit_json(changed=True, services=done, msg="%s a new deployment of %s" % (
-        "would start" if module.check_mode else "started", ", ".join(s["service"] for s in done)))
+    workers = worker_tasks(running_tasks(module, ecs, cluster), families, before)
+    waited, changed = 0.0, False
+    if module.check_mode:
+        for w in workers:
+            w["outcome"] = "would_stop" if p["restart"] == "force" else "would_wait"
+    elif p["restart"] == "force":
+        for w in workers:
+            try:
+                ecs.stop_task(cluster=cluster, task=w["task"],
+                              reason="reefguide-efs restart_workers=force: started before a release")
+            except Exception as exc:
+                fail_aws(module, exc, "stopping worker task %s" % w["task"])
+            w["outcome"] = "stopped"
+        changed = bool(workers)
+    elif workers:
+        waited = wait_for_exit(module, ecs, cluster, workers)
+    module.exit_json(changed=changed, cluster=cluster, workers=workers, waited=round(waited, 1), restart=p["restart"],
+                     msg=restart_message(p["restart"], workers, waited, p["wait_timeout"], module.check_mode))
 
 
 if __name__ == "__main__":

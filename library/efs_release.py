@@ -19,8 +19,8 @@ description:
     does not support that flag, so on a real instance it falls back to two renames on the same
     file system (live -> releases, staged -> live); between them, for the time of one NFS round
     trip, the target path does not exist. C(swap_method) in the result says which was used.
-  - B(In place, for the workers' root.) ReefGuide's workers mount C(data/reefguide) through an EFS
-    access point, and an NFS mount holds that directory itself (its file handle), not its path, so a
+  - B(In place, for the workers' root.) ReefGuide's workers mount C(data/reefguide) as their EFS
+    volume's root directory, and an NFS mount holds that directory itself (its file handle), not its path, so a
     whole-directory swap would leave running workers on the old directory, without C(cache/), and
     with stale handles once it is pruned. When the target is C(data/reefguide) or an ancestor
     of it (O(swap=auto)), the directory stays and its contents are swapped, each entry in one

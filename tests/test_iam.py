@@ -16,7 +16,7 @@ from typing import Any
 import boto3
 import pytest
 
-from helpers import ROOT, VENV_BIN, ansible_env
+from helpers import ROOT, VENV_BIN, ansible_env, run_module
 from lab import Lab, running_lab
 
 sys.path.insert(0, str(ROOT / "lab"))
@@ -94,6 +94,17 @@ def test_policies_render_and_scope_resources(iam_lab: Lab) -> None:
     assert lab_iam.evaluate(op, "ec2:TerminateInstances", mine) == "deny"
     assert lab_iam.evaluate(op, "s3:PutObject", "arn:aws:s3:::%s/elsewhere/x" % lab.bucket) == "implicit"
     assert lab_iam.evaluate(inst, "s3:PutObject", "arn:aws:s3:::%s/reefguide-efs/runs/x" % lab.bucket) == "implicit"
+    # restart_workers: the stack's cluster's tasks only, and never a service
+    cluster = lab.state["stacks"][lab.stack_name]["cluster"]
+    task = "arn:aws:ecs:%s:%s:task/%s/0123456789abcdef" % (region, acct, cluster)
+    assert lab_iam.evaluate(op, "ecs:StopTask", task) == "allow"
+    assert lab_iam.evaluate(op, "ecs:DescribeTasks", task) == "allow"
+    assert lab_iam.evaluate(op, "ecs:StopTask", task.replace(cluster, "another-cluster")) == "implicit"
+    service = "arn:aws:ecs:%s:%s:service/%s/web-api" % (region, acct, cluster)
+    assert lab_iam.evaluate(op, "ecs:UpdateService", service) == "implicit"
+    listing = [st for st in op["Statement"] if st["Action"] == "ecs:ListTasks"]
+    assert [st["Condition"] for st in listing] == [
+        {"ArnEquals": {"ecs:cluster": "arn:aws:ecs:%s:%s:cluster/%s" % (region, acct, cluster)}}]
     # What moto holds is the files' moto view, nothing more.
     iam = admin(lab, "iam")
     for user, doc in ((lab_iam.OPERATOR, op), (lab_iam.INSTANCE, inst)):
@@ -128,7 +139,14 @@ def test_stage_then_teardown_with_exactly_these_policies(iam_lab: Lab, tmp_path:
     run = playbook(lab, "teardown.yml")
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert ec2_state(lab) == "stopped"
+    # restart_workers=force under the operator's policy: finds the worker task, stops it, and is refused nothing
+    lab.ctl("workers", "start")
+    busy = json.loads(lab.ctl("workers", "job", "--type", "TEST", "--seconds", "100000", "--wait").stdout)
+    stopped = run_module("ecs_workers", {"stack_name": lab.stack_name, "restart": "force"}, env=lab.env)
+    assert [(w["task"], w["outcome"]) for w in stopped.get("workers", [])] == [(busy["task"], "stopped")], stopped
+    lab.ctl("workers", "stop")
     assert denials(lab)[seen:] == []
+    assert "iam: reefguide-operator ecs:StopTask" in (lab.dir / "logs" / "moto.log").read_text()
     # The pull on the instance ran as reefguide-instance, not with the operator's keys.
     moto_log = (lab.dir / "logs" / "moto.log").read_text()
     assert "iam: reefguide-instance s3:GetObject arn:aws:s3:::%s/reefguide-efs/runs/" % lab.bucket in moto_log

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
+
+from ansible.module_utils.reefguide.worker_tasks import restart_message
 
 from helpers import ROOT
 
@@ -244,24 +247,51 @@ def test_the_filters_are_registered_under_their_names() -> None:
                                              "reefguide_workers_summary", "reefguide_rollback_line"}
 
 
-def test_the_summary_says_what_running_workers_saw_and_names_the_restart() -> None:
+def worker(n: int, outcome: str) -> dict[str, Any]:
+    return {"task": "arn:aws:ecs:ap-southeast-2:1:task/c/t%d" % n, "family": "f", "started_at": 1.0 + n,
+            "outcome": outcome}
+
+
+def test_the_summary_says_what_running_workers_saw_and_what_became_of_those_started_before() -> None:
     stage = dict(staged_run()["stage"], swap_method="in_place")
-    restart = {"services": [{"service": "adria-worker", "deployment": "ecs-svc/2"},
-                            {"service": "reefguide-worker", "deployment": "ecs-svc/4"}]}
+    exited = [worker(1, "exited"), worker(2, "exited")]
+    restart = {"restart": "wait", "workers": exited, "msg": restart_message("wait", exited, 12.4, 600, False)}
     lines = stage_summary(staged_run(stage=stage, workers_restart=restart))
     seen = [line for line in lines if line.startswith("Workers: ")]
     assert seen == ["Workers: data/reefguide stayed the directory the workers mount and was updated in place: each "
                     "file changed in one rename (a running worker read the old or the new file, never none), every "
                     "directory they hold was kept, cache/ was there throughout; running workers read the new data "
                     "without a restart."]
-    assert ("Workers restarted (restart_workers=true): a new ECS deployment of adria-worker (ecs-svc/2), "
-            "reefguide-worker (ecs-svc/4); the new tasks mount EFS afresh.") in lines
+    assert ("Workers started before the release (restart_workers=true): the 2 worker task(s) started before the "
+            "release exited on their own within 12 s (t1, t2): every worker from now on starts on the data that is "
+            "live now.") in lines
+    # waited to the bound: says which still run, that they exit by themselves, and what force would cost
+    mixed = [worker(1, "exited"), worker(2, "still_running")]
+    line = restart_message("wait", mixed, 600.2, 600, False)
+    assert line.startswith("1 of the 2 worker task(s) started before the release still ran after 600 s: t2. They "
+                           "exit by themselves once idle"), line
+    assert "restart_workers=force stops them now, but a job it had in progress is lost" in line
+    # force: says they were stopped and that a busy one's job is lost until the expiry
+    stopped = [worker(3, "stopped")]
+    line = restart_message("force", stopped, 0, 600, False)
+    assert line.startswith("stopped the 1 worker task(s) started before the release (t3)"), line
+    assert "stays IN_PROGRESS until the job expiry marks it TIMED_OUT (about 2 h)" in line
+    assert restart_message("wait", [], 0, 600, False).startswith("no worker task was running from before the release")
+    would = restart_message("force", stopped, 0, 600, True)
+    assert would == "would stop the 1 worker task(s) started before the release: t3"
+    # the module failed (e.g. no right to list the tasks): said, and the release stands
+    denied = {"failed": False, "msg": "AccessDenied: ecs:ListTasks"}
+    failed = stage_summary(staged_run(stage=stage, workers_restart=denied))
+    assert "Workers: restart_workers failed after the release, which stands: AccessDenied: ecs:ListTasks" in failed
+    # skipped (restart_workers unset): nothing said
+    quiet = stage_summary(staged_run(stage=stage, workers_restart={"skipped": True, "changed": False}))
+    assert not any(line.startswith("Workers started before") or "restart_workers" in line for line in quiet)
     # a data package is swapped whole; nothing restarted, nothing said about a restart
     package = dict(staged_run()["stage"], swap_method="two_renames")
     lines = stage_summary(staged_run(stage=package, request=dict(REQUEST, dest="data/reefguide/adria/datapackages/M")))
     assert any("data/reefguide/adria/datapackages/M was swapped as a whole directory in two renames" in line
                for line in lines)
-    assert not any(line.startswith("Workers restarted") for line in lines)
+    assert not any(line.startswith("Workers started before") for line in lines)
     # rollback.yml prints the same lines through the filter
     rollback = FilterModule().filters()["reefguide_workers_summary"]({"swap_method": "in_place"}, "data/reefguide", {})
     assert rollback == seen

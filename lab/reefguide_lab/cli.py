@@ -12,7 +12,7 @@
     labctl shell [--user U]                       a root (or U) shell inside the running instance
     labctl efs-path [--stack-name N]              the host directory that holds the stack's EFS data
     labctl efs-reads [--reset]                    bytes read from EFS through the instance's mount (json)
-    labctl workers start|stop|status|read         worker stand-ins mounting EFS as the ECS tasks do (workers.py)
+    labctl workers start|job|stop|status|read     upstream's ECS side: services, capacity manager, workers
     labctl up --s3-faults RATE [--s3-fault-kinds K,..] [--s3-stall-seconds S] [--s3-fault-seed N]
                                                   the same, with a flaky S3 (faults.py) in front of moto
     labctl faults [--rate R] [--kinds K,..] [...]  show or change the S3 faults and their counters
@@ -36,8 +36,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import boto3
-
 from . import efs_reads, ssm_limits
 from . import iam as lab_iam
 from . import instance as inst
@@ -47,13 +45,17 @@ from .state import (
     DEFAULT_STACK,
     LAB_PKG,
     REPO,
-    admin_credentials,
+    LabError,
+    client,
+    die,
     lab_dir,
     lab_env,
     load,
     module_util,
     pid_alive,
+    require_up,
     save,
+    spawn,
     stop_pid,
 )
 
@@ -61,25 +63,6 @@ from .state import (
 def output_key(stack_name: str) -> str:
     """module_utils/reefguide/stack.py: the slug rule, shared with the modules."""
     return module_util("stack").output_key(stack_name)
-
-
-class LabError(RuntimeError):
-    pass
-
-
-def die(msg: str) -> None:
-    sys.stderr.write("labctl: %s\n" % msg)
-    sys.exit(1)
-
-
-def client(state: dict[str, Any], service: str):
-    env = lab_env(state)
-    env.update(admin_credentials(state))  # the lab's own calls: lab-admin under --iam
-    endpoint = env["AWS_ENDPOINT_URL_SSM"] if service == "ssm" else env["AWS_ENDPOINT_URL"]
-    return boto3.client(
-        service, endpoint_url=endpoint, region_name=env["AWS_REGION"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    )
 
 
 def wait_http(url: str, timeout: float, pid: int, name: str) -> None:
@@ -93,15 +76,6 @@ def wait_http(url: str, timeout: float, pid: int, name: str) -> None:
         except Exception:
             time.sleep(0.05)
     raise LabError("%s did not answer on %s within %d s" % (name, url, timeout))
-
-
-def spawn(argv: list[str], log_name: str, env: dict[str, str] | None = None) -> int:
-    logs = lab_dir() / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / log_name, "ab") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, env=env, cwd=str(REPO))
-    return proc.pid
 
 
 def check_prerequisites() -> None:
@@ -123,13 +97,13 @@ def deploy(state: dict[str, Any], stack_name: str) -> dict[str, Any]:
     cf.create_stack(StackName=stack_name, TemplateBody=body)
     cf.get_waiter("stack_create_complete").wait(StackName=stack_name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
     resources = cf.describe_stack_resources(StackName=stack_name)["StackResources"]
-    by_type = {r["ResourceType"]: r.get("PhysicalResourceId") for r in resources}  # moto: none for an access point
+    by_type = {r["ResourceType"]: r.get("PhysicalResourceId") for r in resources}
     info = {
         "stack_name": stack_name,
         "instance_id": by_type["AWS::EC2::Instance"],
         "bucket": by_type["AWS::S3::Bucket"],
         "fs_id": by_type["AWS::EFS::FileSystem"],
-        "cluster": by_type.get("AWS::ECS::Cluster"),  # the worker services' (ecs_workers, iam ${ClusterName})
+        "cluster": by_type.get("AWS::ECS::Cluster"),  # the workers' (ecs_workers, iam ${ClusterName})
         "output_key": output_key(stack_name),
     }
     inst.provision_efs(info["fs_id"])
@@ -175,13 +149,11 @@ def start_lab(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
     (lab_dir() / "aws" / "credentials").write_text(
         "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
     state = {"region": args.region, "stack_name": args.stack_name, "moto_port": 0, "labd_port": 0}
-    venv_bin = Path(sys.executable).parent
     state["moto_port"] = _free_port()
-    moto_argv = [str(venv_bin / "moto_server")]
-    if args.iam:  # moto_server that also checks presigned S3 URLs (lab/reefguide_lab/moto_iam.py)
-        moto_argv = [sys.executable, "-m", "reefguide_lab.moto_iam"]
+    # moto_server with ECS tasks as AWS keeps them, and with --iam checks on presigned S3 URLs (moto_lab.py)
+    moto_argv = [sys.executable, "-m", "reefguide_lab.moto_lab"] + (["--iam"] if args.iam else [])
     state["moto_pid"] = spawn(moto_argv + ["-H", "127.0.0.1", "-p", str(state["moto_port"])], "moto.log",
-                              env=dict(os.environ, PYTHONPATH=str(REPO / "lab")) if args.iam else None)
+                              env=dict(os.environ, PYTHONPATH=str(REPO / "lab")))
     save(state)
     if args.s3_faults is not None:
         state["faults_port"] = _free_port()
@@ -294,15 +266,6 @@ def cmd_down(args: argparse.Namespace) -> None:
         shutil.rmtree(lab_dir(), ignore_errors=True)
     print("lab down: stopped %s" % ", ".join(
         "%s %s" % (k[:-4], state[k]) for k in ("labd_pid", "faults_pid", "moto_pid") if state.get(k)))
-
-
-def require_up() -> dict[str, Any]:
-    state = load()
-    if not state or not pid_alive(state.get("moto_pid")) or not pid_alive(state.get("labd_pid")):
-        die("the lab is not up: run 'lab/labctl up' (or 'make demo')")
-    if state.get("faults_pid") and not pid_alive(state["faults_pid"]):
-        die("the lab's S3 fault proxy (pid %s) is not running; see %s" % (state["faults_pid"], lab_dir() / "logs"))
-    return state
 
 
 def cmd_status(args: argparse.Namespace) -> None:

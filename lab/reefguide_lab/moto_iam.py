@@ -1,4 +1,4 @@
-"""moto_server for `labctl up --iam`: moto, plus IAM checks on presigned S3 URLs.
+"""IAM checks on presigned S3 URLs, for the lab's moto server under `labctl up --iam` (moto_lab.py).
 
 moto 5 enforces IAM on header-signed requests only: a presigned URL (what the
 amazon.aws.aws_ssm plugin hands to curl on the instance to move module files
@@ -6,8 +6,6 @@ through the transfer bucket) has no Authorization header, and moto's check
 fails with an internal error. This wrapper checks such a request as AWS does,
 against the policies of the user whose access key signed the URL (the
 URL's signature is not verified: the lab proves policies, not cryptography).
-
-    python -m reefguide_lab.moto_iam -H 127.0.0.1 -p PORT   (moto_server's arguments)
 """
 
 from __future__ import annotations
@@ -53,13 +51,6 @@ def _authorize(self: Any, iam_request_cls: type, resource: str = "*") -> None:
     _original(self, iam_request_cls, resource)
 
 
-def main() -> None:
+def install() -> None:
     ActionAuthenticatorMixin._authenticate_and_authorize_action = _authorize
     IAMRequestBase.check_action_permitted = _check_and_log
-    from moto.server import main as moto_main
-
-    moto_main(sys.argv[1:])
-
-
-if __name__ == "__main__":
-    main()

@@ -13,6 +13,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,19 @@ def save(state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
     os.replace(tmp, path)
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def free_port() -> int:
@@ -119,3 +134,44 @@ def iam_credentials(state: dict[str, Any], user: str) -> dict[str, str] | None:
 def admin_credentials(state: dict[str, Any]) -> dict[str, str]:
     """Keys for the lab's own calls (labctl, labd's supervisor): lab-admin under --iam."""
     return iam_credentials(state, "lab-admin") or dict(CREDENTIALS)
+
+
+# -- what labctl and its parts (workers, iam) share -------------------------------------------
+
+class LabError(RuntimeError):
+    pass
+
+
+def die(msg: str) -> None:
+    sys.stderr.write("labctl: %s\n" % msg)
+    sys.exit(1)
+
+
+def client(state: dict[str, Any], service: str):
+    import boto3  # here: parts of the lab that run under the instance's python import this module
+
+    env = lab_env(state)
+    env.update(admin_credentials(state))  # the lab's own calls: lab-admin under --iam
+    endpoint = env["AWS_ENDPOINT_URL_SSM"] if service == "ssm" else env["AWS_ENDPOINT_URL"]
+    return boto3.client(
+        service, endpoint_url=endpoint, region_name=env["AWS_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+def spawn(argv: list[str], log_name: str, env: dict[str, str] | None = None) -> int:
+    logs = lab_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / log_name, "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, env=env, cwd=str(REPO))
+    return proc.pid
+
+
+def require_up() -> dict[str, Any]:
+    state = load()
+    if not state or not pid_alive(state.get("moto_pid")) or not pid_alive(state.get("labd_pid")):
+        die("the lab is not up: run 'lab/labctl up' (or 'make demo')")
+    if state.get("faults_pid") and not pid_alive(state["faults_pid"]):
+        die("the lab's S3 fault proxy (pid %s) is not running; see %s" % (state["faults_pid"], lab_dir() / "logs"))
+    return state

@@ -1,22 +1,22 @@
-"""Worker stand-ins: the ReefGuide workers' view of EFS, in the lab.
+"""Worker stand-ins: ReefGuide's worker tasks and their view of EFS, in the lab.
 
-On AWS each worker task (the stack's AWS::ECS::Service resources) mounts EFS through an access
-point whose root is /data/reefguide. An NFS mount holds that directory by its file handle, not by
-its path: rename the directory away and the task stays on the old one; delete it and the task gets
-stale handles. A stand-in does the same on the lab's EFS storage: in a private mount namespace it
-bind-mounts the access point's root directory (held by inode from then on) with noatime, then
-looks continuously (the root still there? cache/ present?) and, on request, reads what a worker
-reads (config.toml, the data layers, the ADRIA data packages under adria/datapackages/<name>: every
-file below its root but cache/), reporting what it saw in a status file a test can read.
+Upstream's workers are standalone Fargate tasks that the capacity manager starts with RunTask when
+jobs wait (ecs_lab.py plays ECS and the capacity manager); each mounts its task definition's EFS
+volume, whose root directory is /data/reefguide, takes jobs of its JOB_TYPES, and exits by itself
+once idle for a while. An NFS mount holds that directory by its file handle, not by its path: rename
+the directory away and the task stays on the old one; delete it and the task gets stale handles. A
+stand-in does the same on the lab's EFS storage: in a private mount namespace it bind-mounts the
+volume's root (held by inode from then on) with noatime, then looks continuously (the root still
+there? cache/ present?), takes jobs from the queue (a job lasts the seconds it asks for, and a job
+whose task is stopped stays IN_PROGRESS: lost, as upstream's is until its expiry), and, on request,
+reads what a worker reads (config.toml, the data layers, the ADRIA data packages: every file below
+its root but cache/), reporting in a status file a test can read.
 
-One supervisor per stack runs one stand-in per worker service and follows ECS: a new deployment of
-a service (UpdateService forceNewDeployment) restarts that service's stand-in, which mounts again
-and so holds the directory that is there now.
-
-    labctl workers start [--stack-name N]    the supervisor and its stand-ins (waits until each has mounted)
-    labctl workers status [--stack-name N]   the supervisor's services and every stand-in's status
-    labctl workers read [--service S]        ask the stand-ins to read everything now; print what they read
-    labctl workers stop [--stack-name N]     stop them (labctl down does too)
+    labctl workers start [--idle-exit S]    ECS, the capacity manager and the services' tasks (no worker yet)
+    labctl workers job --type T [--seconds S] [--wait]   queue a job (a worker starts for it); its id
+    labctl workers status                   services, worker tasks, each stand-in's status, the jobs
+    labctl workers read                     ask the running workers to read everything now; what they read
+    labctl workers stop                     stop them all (labctl down does too)
 """
 
 from __future__ import annotations
@@ -35,11 +35,23 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional
 
-from .state import DEFAULT_STACK, LAB_PKG, lab_dir, load, pid_alive, save, stop_pid
+from .state import (
+    DEFAULT_STACK,
+    LAB_PKG,
+    LabError,
+    lab_dir,
+    pid_alive,
+    read_json,
+    require_up,
+    save,
+    spawn,
+    stop_pid,
+    write_json,
+)
 
 LOOK_SECONDS = 0.02  # how often a stand-in looks at its root and cache/
 STATUS_SECONDS = 0.2  # how often it rewrites its status when nothing went wrong
-POLL_SECONDS = 0.3  # how often the supervisor asks ECS for each service's deployment
+IDLE_EXIT = 300.0  # a worker exits after this long with no job (ReefGuideWorker: 5 minutes)
 MAX_SAMPLES = 20
 
 
@@ -47,33 +59,22 @@ def workers_dir(stack: str) -> Path:
     return lab_dir() / "workers" / stack
 
 
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Optional[dict[str, Any]]:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-# -- the stand-in: one worker task's mount ------------------------------------------------------
+# -- the stand-in: one worker task -------------------------------------------------------------
 
 class StandIn:
-    """A worker task's view of its mounted root, and the status it reports."""
+    """A worker task: its view of its mounted root, the jobs it takes, and the status it reports."""
 
-    def __init__(self, service: str, deployment: str, mount: str, status: Path, request: Path) -> None:
-        self.mount = mount
-        self.status_path = status
-        self.request_path = request
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.mount = args.mount
+        self.status_path, self.request_path, self.jobs = Path(args.status), Path(args.request), Path(args.jobs)
+        self.job_types, self.idle_exit = args.job_types.split(","), float(args.idle_exit)
+        self.job: Optional[dict[str, Any]] = None
+        self.last_active = time.time()
         self.status: dict[str, Any] = {
-            "service": service, "deployment": deployment, "pid": os.getpid(), "mount": mount,
-            "started_at": time.time(), "root_ino": os.stat(mount).st_ino, "looks": 0,
+            "task": args.task, "family": args.family, "pid": os.getpid(), "mount": args.mount,
+            "started_at": time.time(), "root_ino": os.stat(self.mount).st_ino, "looks": 0,
             "cache_present_looks": 0, "cache_missing_looks": 0, "root_deleted_looks": 0,
-            "errors": {}, "samples": [], "read": None,
+            "errors": {}, "samples": [], "read": None, "job": None, "jobs_done": [], "exited": None,
         }
 
     def problem(self, what: str, exc: OSError) -> None:
@@ -133,6 +134,32 @@ class StandIn:
             return doc.get("nonce")
         return None
 
+    # jobs: the queue is jobs/<id>.json; a worker takes one with an exclusive claim file
+    def take_job(self) -> None:
+        for path in sorted(self.jobs.glob("*.json")):
+            doc = read_json(path)
+            if not doc or doc.get("status") != "PENDING" or doc.get("type") not in self.job_types:
+                continue
+            try:
+                os.close(os.open(str(path.with_suffix(".claim")), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
+            doc.update(status="IN_PROGRESS", task=self.status["task"], started_at=time.time())
+            write_json(path, doc)
+            self.job, self.status["job"] = doc, doc["id"]
+            return
+
+    def work(self) -> None:
+        if self.job is None:
+            self.take_job()
+        elif time.time() - self.job["started_at"] >= float(self.job.get("seconds", 0)):
+            self.job.update(status="SUCCEEDED", ended_at=time.time())
+            write_json(self.jobs / (self.job["id"] + ".json"), self.job)
+            self.status["jobs_done"].append(self.job["id"])
+            self.job = self.status["job"] = None
+        if self.job is not None:
+            self.last_active = time.time()
+
     def run(self) -> None:
         parent = os.getppid()
         stopping: list[int] = []
@@ -140,15 +167,21 @@ class StandIn:
         written = 0.0
         while not stopping and os.getppid() == parent:  # the supervisor gone: stop too
             urgent = self.look()
+            self.work()
             nonce = self.requested()
             if nonce:
                 self.read_all(nonce)
                 urgent = True
+            if self.job is None and time.time() - self.last_active >= self.idle_exit:
+                self.status["exited"] = "idle"  # no job for idle_exit seconds: the worker ends itself
+                break
             if urgent or time.time() - written >= STATUS_SECONDS:
                 write_json(self.status_path, self.status)
                 written = time.time()
             time.sleep(LOOK_SECONDS)
-        write_json(self.status_path, dict(self.status, stopped_at=time.time()))
+        # stopped with a job in hand: the job stays IN_PROGRESS, lost (upstream expires it hours later)
+        self.status.update(stopped_at=time.time(), exited=self.status["exited"] or "stopped")
+        write_json(self.status_path, self.status)
 
 
 def describe(exc: OSError) -> str:
@@ -165,97 +198,16 @@ def sha256_of(path: str) -> str:
 
 def cmd_standin(args: argparse.Namespace) -> None:
     """Runs in a mount namespace of its own (unshare --mount --propagation private): the bind
-    mount holds args.source by inode, as an NFS mount of an access point holds its root."""
+    mount holds args.source by inode, as the task's NFS mount holds its volume's root directory."""
     os.makedirs(args.mount, exist_ok=True)
     subprocess.run(["mount", "--bind", args.source, args.mount], check=True)
     subprocess.run(["mount", "-o", "remount,bind,noatime", args.mount], check=True)
-    StandIn(args.service, args.deployment, args.mount, Path(args.status), Path(args.request)).run()
-
-
-# -- the supervisor: one stand-in per worker service, restarted on a new deployment -------------
-
-def discover(state: dict[str, Any], stack: str) -> dict[str, Any]:
-    """The stack's worker services (cluster, name) and the access point's root on the lab's EFS."""
-    from .cli import client  # cli imports this module for its subcommands
-    from .instance import efs_storage
-    info = state["stacks"][stack]
-    resources = client(state, "cloudformation").describe_stack_resources(StackName=stack)["StackResources"]
-    services = []
-    for res in resources:
-        if res["ResourceType"] == "AWS::ECS::Service":
-            # arn:aws:ecs:<region>:<account>:service/<cluster>/<name>
-            cluster, name = res["PhysicalResourceId"].split(":service/", 1)[1].split("/", 1)
-            services.append({"cluster": cluster, "service": name})
-    points = client(state, "efs").describe_access_points(FileSystemId=info["fs_id"])["AccessPoints"]
-    roots = [p["RootDirectory"]["Path"] for p in points if p.get("RootDirectory", {}).get("Path")]
-    if not services or not roots:
-        raise RuntimeError("stack %s has no worker services or no EFS access point" % stack)
-    source = efs_storage() / info["fs_id"] / roots[0].strip("/")
-    return {"services": sorted(services, key=lambda s: s["service"]), "root": roots[0], "source": str(source)}
-
-
-def primary_deployment(ecs: Any, cluster: str, service: str) -> str:
-    found = ecs.describe_services(cluster=cluster, services=[service])["services"][0]["deployments"]
-    return next(d["id"] for d in found if d["status"] == "PRIMARY")
-
-
-class Supervisor:
-    def __init__(self, stack: str) -> None:
-        from .cli import client
-        self.state = load()
-        self.stack = stack
-        self.dir = workers_dir(stack)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.found = discover(self.state, stack)
-        self.ecs = client(self.state, "ecs")
-        self.running: dict[str, dict[str, Any]] = {}
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, svc: dict[str, str], deployment: str) -> None:
-        name = svc["service"]
-        old = self.procs.pop(name, None)
-        if old is not None:
-            stop_process(old)
-        status = self.dir / (name + ".json")
-        argv = ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-m", "reefguide_lab.workers",
-                "standin", "--service", name, "--deployment", deployment, "--source", self.found["source"],
-                "--mount", str(self.dir / "mnt" / name), "--status", str(status),
-                "--request", str(self.dir / (name + ".request"))]
-        with open(self.dir / (name + ".log"), "ab") as log:
-            self.procs[name] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                                env=dict(os.environ, PYTHONPATH=str(LAB_PKG.parent)))
-        rec = self.running.setdefault(name, {"starts": 0, "cluster": svc["cluster"]})
-        rec.update(deployment=deployment, pid=self.procs[name].pid, started_at=time.time(), starts=rec["starts"] + 1)
-
-    def run(self) -> None:
-        stopping: list[int] = []
-        signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-        while not stopping:
-            for svc in self.found["services"]:
-                deployment = primary_deployment(self.ecs, svc["cluster"], svc["service"])
-                proc = self.procs.get(svc["service"])
-                current = self.running.get(svc["service"], {}).get("deployment")
-                if proc is None or proc.poll() is not None or current != deployment:
-                    self.start(svc, deployment)
-            write_json(self.dir / "supervisor.json", {"pid": os.getpid(), "stack": self.stack, "services": self.running,
-                                                      "root": self.found["root"], "source": self.found["source"]})
-            time.sleep(POLL_SECONDS)
-        for proc in self.procs.values():
-            stop_process(proc)
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    StandIn(args).run()
 
 
 def cmd_supervise(args: argparse.Namespace) -> None:
-    Supervisor(args.stack_name).run()
+    from .ecs_lab import Supervisor
+    Supervisor(args.stack_name, workers_dir(args.stack_name), args.idle_exit).run()
 
 
 # -- labctl workers ... -------------------------------------------------------------------------
@@ -265,42 +217,62 @@ def stack_of(args: argparse.Namespace, state: dict[str, Any]) -> str:
 
 
 def report(stack: str) -> dict[str, Any]:
-    """The supervisor's view and every stand-in's status."""
-    sup = read_json(workers_dir(stack) / "supervisor.json") or {"services": {}}
-    standins = {name: read_json(workers_dir(stack) / (name + ".json")) for name in sup["services"]}
-    return {"supervisor": sup, "standins": standins}
+    """The supervisor's view (services, worker tasks), every worker stand-in's status, the jobs."""
+    wdir = workers_dir(stack)
+    sup = read_json(wdir / "supervisor.json") or {"services": {}, "workers": {}}
+    standins = {arn: read_json(Path(rec["status_file"])) for arn, rec in sup["workers"].items()}
+    jobs = {p.stem: read_json(p) for p in sorted(wdir.glob("jobs/*.json"))}
+    return {"supervisor": sup, "standins": standins, "jobs": jobs}
 
 
-def ready(stack: str) -> bool:
-    """Every service's stand-in has mounted and reported, for the deployment ECS has now."""
-    doc = report(stack)
-    services = doc["supervisor"]["services"]
-    return bool(services) and all(
-        (doc["standins"].get(name) or {}).get("deployment") == rec["deployment"]
-        and (doc["standins"].get(name) or {}).get("pid") == rec["pid"] for name, rec in services.items())
+def running_workers(doc: dict[str, Any]) -> list[str]:
+    """The worker tasks whose stand-in runs and has reported."""
+    return sorted(arn for arn, rec in doc["supervisor"]["workers"].items()
+                  if rec["stopped_reason"] is None and (doc["standins"].get(arn) or {}).get("pid") == rec["pid"])
 
 
 def cmd_start(args: argparse.Namespace) -> None:
-    from .cli import LabError, require_up, spawn
     state = require_up()
     stack = stack_of(args, state)
     pids = state.setdefault("workers", {})
     if pid_alive(pids.get(stack)):
-        print("worker stand-ins of %s already running (supervisor pid %s)" % (stack, pids[stack]))
+        print("ECS stand-ins of %s already running (supervisor pid %s)" % (stack, pids[stack]))
         return
-    workers_dir(stack).mkdir(parents=True, exist_ok=True)
-    (workers_dir(stack) / "supervisor.json").unlink(missing_ok=True)
-    pids[stack] = spawn([sys.executable, "-m", "reefguide_lab.workers", "supervise", "--stack-name", stack],
+    wdir = workers_dir(stack)
+    wdir.mkdir(parents=True, exist_ok=True)
+    (wdir / "supervisor.json").unlink(missing_ok=True)
+    pids[stack] = spawn([sys.executable, "-m", "reefguide_lab.workers", "supervise", "--stack-name", stack,
+                         "--idle-exit", str(args.idle_exit)],
                         "workers-%s.log" % stack, env=dict(os.environ, PYTHONPATH=str(LAB_PKG.parent)))
     save(state)
     deadline = time.time() + args.timeout
-    while not ready(stack):
+    while True:
+        services = report(stack)["supervisor"]["services"]
+        if services and all(rec.get("task") for rec in services.values()):
+            break
         if not pid_alive(pids[stack]) or time.time() > deadline:
-            raise LabError("worker stand-ins of %s did not start; see %s" % (stack, lab_dir() / "logs"))
+            raise LabError("the ECS stand-ins of %s did not start; see %s" % (stack, lab_dir() / "logs"))
         time.sleep(0.1)
-    services = report(stack)["supervisor"]["services"]
-    print("worker stand-ins of %s up (supervisor pid %d): %s" % (stack, pids[stack], ", ".join(
-        "%s pid %s (deployment %s)" % (n, r["pid"], r["deployment"]) for n, r in sorted(services.items()))))
+    print("ECS stand-ins of %s up (supervisor pid %d): services %s; workers start when jobs wait "
+          "('labctl workers job')" % (stack, pids[stack], ", ".join(sorted(services))))
+
+
+def cmd_job(args: argparse.Namespace) -> None:
+    state = require_up()
+    stack = stack_of(args, state)
+    if not pid_alive(state.get("workers", {}).get(stack)):
+        raise LabError("the ECS stand-ins of %s are not running: 'labctl workers start' first" % stack)
+    job = {"id": uuid.uuid4().hex[:12], "type": args.type, "seconds": args.seconds, "status": "PENDING",
+           "submitted_at": time.time()}
+    jobs = workers_dir(stack) / "jobs"
+    jobs.mkdir(parents=True, exist_ok=True)
+    write_json(jobs / (job["id"] + ".json"), job)
+    deadline = time.time() + args.timeout
+    while args.wait and (read_json(jobs / (job["id"] + ".json")) or {}).get("status") == "PENDING":
+        if time.time() > deadline:
+            raise LabError("no worker took job %s (%s) within %d s" % (job["id"], args.type, args.timeout))
+        time.sleep(0.05)
+    print(json.dumps(read_json(jobs / (job["id"] + ".json"))))
 
 
 def stop_all(state: dict[str, Any]) -> list[int]:
@@ -314,18 +286,16 @@ def stop_all(state: dict[str, Any]) -> list[int]:
 
 
 def cmd_stop(args: argparse.Namespace) -> None:
-    from .cli import require_up
     state = require_up()
     stack = stack_of(args, state)
     pid = state.get("workers", {}).get(stack)
     stopped = stop_all({"workers": {stack: pid}} if pid else {})
     state.get("workers", {}).pop(stack, None)
     save(state)
-    print("worker stand-ins of %s %s" % (stack, "stopped (supervisor pid %d)" % pid if stopped else "were not running"))
+    print("ECS stand-ins of %s %s" % (stack, "stopped (supervisor pid %d)" % pid if stopped else "were not running"))
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    from .cli import require_up
     state = require_up()
     stack = stack_of(args, state)
     doc = report(stack)
@@ -333,48 +303,52 @@ def cmd_status(args: argparse.Namespace) -> None:
     print(json.dumps(doc, indent=2, sort_keys=True))
 
 
-def request_read(stack: str, services: list[str], timeout: float) -> dict[str, Any]:
-    """Ask the stand-ins to read everything; their answers, by service."""
+def request_read(stack: str, tasks: list[str], timeout: float) -> dict[str, Any]:
+    """Ask these workers to read everything; their answers, by task ARN."""
     nonce = uuid.uuid4().hex
-    for name in services:
-        write_json(workers_dir(stack) / (name + ".request"), {"nonce": nonce})
+    wdir = workers_dir(stack)
+    files = {arn: wdir / (arn.rsplit("/", 1)[1] + ".json") for arn in tasks}
+    for arn in tasks:
+        write_json(wdir / (arn.rsplit("/", 1)[1] + ".request"), {"nonce": nonce})
     deadline = time.time() + timeout
     while True:
-        answers = {name: (read_json(workers_dir(stack) / (name + ".json")) or {}) for name in services}
+        answers = {arn: (read_json(path) or {}) for arn, path in files.items()}
         if all((a.get("read") or {}).get("nonce") == nonce for a in answers.values()):
-            return {name: dict(a["read"], deployment=a["deployment"], pid=a["pid"]) for name, a in answers.items()}
+            return {arn: dict(a["read"], family=a["family"], pid=a["pid"]) for arn, a in answers.items()}
         if time.time() > deadline:
             missing = [n for n, a in answers.items() if (a.get("read") or {}).get("nonce") != nonce]
-            raise RuntimeError("no read from the stand-in(s) of %s within %d s" % (", ".join(missing), timeout))
+            raise RuntimeError("no read from the worker(s) %s within %d s" % (", ".join(missing), timeout))
         time.sleep(0.05)
 
 
 def cmd_read(args: argparse.Namespace) -> None:
-    from .cli import LabError, require_up
     state = require_up()
     stack = stack_of(args, state)
-    services = sorted(report(stack)["supervisor"]["services"])
-    if args.service:
-        services = [s for s in services if s == args.service]
-    if not services or not pid_alive(state.get("workers", {}).get(stack)):
-        raise LabError("no worker stand-ins of %s running%s: 'labctl workers start' first"
-                       % (stack, " for %s" % args.service if args.service else ""))
+    tasks = running_workers(report(stack))
+    if not tasks or not pid_alive(state.get("workers", {}).get(stack)):
+        raise LabError("no worker of %s is running: 'labctl workers job --type TEST' starts one" % stack)
     try:
-        print(json.dumps(request_read(stack, services, args.timeout), indent=2, sort_keys=True))
+        print(json.dumps(request_read(stack, tasks, args.timeout), indent=2, sort_keys=True))
     except RuntimeError as exc:
         raise LabError(str(exc)) from exc
 
 
 def add_parser(sub: Any) -> None:
     """labctl's 'workers' subcommand (cli.py calls this)."""
-    p = sub.add_parser("workers", help="worker stand-ins that mount EFS as the ECS tasks do (workers.py)")
+    p = sub.add_parser("workers", help="ECS, the capacity manager and the worker tasks that mount EFS (ecs_lab.py)")
     actions = p.add_subparsers(dest="workers_command", required=True)
-    for name, func in (("start", cmd_start), ("stop", cmd_stop), ("status", cmd_status), ("read", cmd_read)):
+    for name, func in (("start", cmd_start), ("job", cmd_job), ("stop", cmd_stop), ("status", cmd_status),
+                       ("read", cmd_read)):
         q = actions.add_parser(name)
         q.add_argument("--stack-name")
         q.add_argument("--timeout", type=float, default=30.0)
-        if name == "read":
-            q.add_argument("--service")
+        if name == "start":
+            q.add_argument("--idle-exit", type=float, default=IDLE_EXIT,
+                           help="seconds a worker waits with no job before it exits (default %(default)s)")
+        if name == "job":
+            q.add_argument("--type", required=True, help="a job type, e.g. TEST or ADRIA_MODEL_RUN")
+            q.add_argument("--seconds", type=float, default=0.0, help="how long the job keeps its worker busy")
+            q.add_argument("--wait", action="store_true", help="until a worker has taken it")
         q.set_defaults(func=func)
 
 
@@ -383,9 +357,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("supervise")
     p.add_argument("--stack-name", default=DEFAULT_STACK)
+    p.add_argument("--idle-exit", type=float, default=IDLE_EXIT)
     p.set_defaults(func=cmd_supervise)
     p = sub.add_parser("standin")
-    for opt in ("--service", "--deployment", "--source", "--mount", "--status", "--request"):
+    for opt in ("--task", "--family", "--job-types", "--source", "--mount", "--status", "--request", "--jobs",
+                "--idle-exit"):
         p.add_argument(opt, required=True)
     p.set_defaults(func=cmd_standin)
     args = ap.parse_args(argv)

@@ -35,7 +35,7 @@ def cache_inside(target_rel: str) -> Optional[str]:
 
 
 def holds_workers_root(target_rel: str) -> bool:
-    """The workers mount data/reefguide through an access point: an NFS mount holds that
+    """The workers mount data/reefguide as their volume's root: an NFS mount holds that
     directory itself, not its path. A release of it (or of an ancestor) must keep it."""
     return target_rel == WORKERS_ROOT or WORKERS_ROOT.startswith(target_rel + "/")
 

@@ -1,5 +1,5 @@
-# The in-place swap's file steps: the live directory stays (the workers hold it by handle
-# through EFS's access point) and its contents become the incoming version's, entry by entry,
+# The in-place swap's file steps: the live directory stays (the workers hold it by handle:
+# it is their EFS volume's root directory) and its contents become the incoming version's, entry by entry,
 # each in one rename. What to do is planned in release_plan.in_place_plan; this file does it.
 # NFS (EFS) has no renameat2, so nothing here needs RENAME_EXCHANGE.
 
