@@ -66,6 +66,8 @@ ARGUMENT_SPEC: dict[str, Any] = dict(
     mode=dict(type="str", choices=["replace", "merge", "mirror"], default="replace"),
     clear_cache=dict(type="bool", default=False),
     keep=dict(type="int", default=2),
+    # the oldest running worker task's start (ecs_workers restart=none; 0: unknown): efs_release keeps what it may hold
+    workers_since=dict(type="float"),
     release_id=dict(type="str"),
     concurrency=dict(type="int", default=16),
     endpoint_url=dict(type="str"),
@@ -313,6 +315,8 @@ class ActionModule(ActionBase):
             # deleted in the release's own step (a step of its own cost a second of CPU a stage)
             release_args = {"root": root, "target": dest, "staging": a["staging"], "staging_area": staging_area,
                             "keep": a["keep"], "owner": user, "group": user}
+            if a["workers_since"] is not None:
+                release_args["workers_since"] = a["workers_since"]
             if a["release_id"]:
                 release_args["release_id"] = a["release_id"]
             # s3_sync's changed: it wrote or deleted files or directories
@@ -327,17 +331,20 @@ class ActionModule(ActionBase):
         changed = any(self.steps.get(s, {}).get("changed") for s in ("pull", "release", "clear_cache"))
         return {"changed": changed, "pull": pull, "release_id": release.get("release_id"),
                 "unchanged": bool(release.get("unchanged")), "pruned": release.get("pruned") or [],
+                "held": release.get("held") or [],
                 "previous_release_id": release.get("previous_release_id"), "swap_method": release.get("swap_method")}
 
     def teardown(self, a: dict[str, Any], root: str, user: str) -> dict[str, Any]:
-        prune = self.step("prune", "efs_release", {
-            "root": root, "state": "pruned", "keep": a["keep"], "staging": a["staging_root"]})
+        prune_args = {"root": root, "state": "pruned", "keep": a["keep"], "staging": a["staging_root"]}
+        if a["workers_since"] is not None:
+            prune_args["workers_since"] = a["workers_since"]
+        prune = self.step("prune", "efs_release", prune_args)
         tidy = self.step("remove", "efs_tidy", {
             "root": root, "remove": a["remove"], "allowed_roots": a["allowed_roots"],
         }, changes_live=bool(a["remove"]))
         freed = int(prune.get("bytes_freed") or 0) + int(tidy.get("bytes_freed") or 0)
         return {"changed": bool(prune.get("changed") or tidy.get("changed")), "bytes_freed": freed,
-                "pruned": prune.get("pruned", []), "removed": tidy.get("removed", []),
+                "pruned": prune.get("pruned", []), "held": prune.get("held", []), "removed": tidy.get("removed", []),
                 "kept_as_release": tidy.get("kept_as_release", [])}
 
     def compare(self, a: dict[str, Any], root: str, user: str) -> dict[str, Any]:

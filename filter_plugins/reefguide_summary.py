@@ -115,6 +115,22 @@ _SEEN = {
 }
 
 
+def held_line(held: list[dict[str, Any]], keep: Any, running: dict[str, Any]) -> Optional[str]:
+    """Releases kept beyond keep because a running worker may hold their files (efs_release's held)."""
+    if not held:
+        return None
+    names = ", ".join("%s (%s)" % (h.get("release_id"), h.get("target")) for h in held)
+    if "workers" not in (running or {}):
+        why = ("the running worker tasks could not be listed (%s), so every release of the workers' data beyond keep "
+               "stays; a run that can list them (ecs:ListTasks, ecs:DescribeTasks) prunes them"
+               % ((running or {}).get("msg") or "no answer"))
+    else:
+        why = ("%d worker task(s) still running started before they were retired and may hold their files open "
+               "(deleting them would give those workers stale file handles on EFS); a later run prunes them once "
+               "those workers are gone" % len(running["workers"]))
+    return "Releases kept beyond keep=%s: %s: %s." % (keep, names, why)
+
+
 def workers_summary(release: dict[str, Any], dest: str, restart: Optional[dict[str, Any]] = None) -> list[str]:
     """What running workers saw during the swap, and what became of those started before it (restart_workers)."""
     lines = []
@@ -236,6 +252,9 @@ def stage_summary(run: dict[str, Any]) -> list[str]:
     if stage.get("pruned"):
         lines.append("Releases pruned (keep=%s): %s" % (run.get("keep"), ", ".join(
             "%s (%d bytes freed)" % (p.get("release_id"), int(p.get("bytes") or 0)) for p in stage["pruned"])))
+    held = held_line(stage.get("held") or [], run.get("keep"), run.get("workers_running") or {})
+    if held:
+        lines.append(held)
     lines += workers_summary(stage, request.get("dest") or "", run.get("workers_restart"))
     times = run.get("times") or {}
     lines += [line for line in (_instance_line(times, run.get("power") or {}),) if line]
@@ -291,6 +310,9 @@ def teardown_summary(run: dict[str, Any]) -> list[str]:
                          freed, "to free" if check else "freed", freed / GiB, freed / GB * price, price,
                          [p.get("release_id", "?") for p in efs.get("pruned") or []],
                          [r.get("path") for r in efs.get("removed") or []]))
+        held = held_line(efs.get("held") or [], run.get("keep"), run.get("workers_running") or {})
+        if held:
+            lines.append(held)
         for kept in efs.get("kept_as_release") or []:
             lines.append("%s %s as release %s (%d bytes), not deleted: ansible-playbook rollback.yml -e dest=%s "
                          "puts it back, until a teardown's keep prunes it" % (

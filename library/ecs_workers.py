@@ -31,9 +31,13 @@ options:
     type: str
     required: true
   restart:
-    description: V(wait) for the workers started before the release to exit by themselves, or V(force) to stop them.
+    description:
+      - V(wait) for the workers started before the release to exit by themselves, V(force) to stop them, or
+        V(none) to only list the running workers and say when the oldest started (C(oldest_started_at)); a
+        prune keeps the releases retired after it (C(efs_release) O(workers_since)). With V(none) a stack
+        without an ECS cluster has no workers.
     type: str
-    choices: [wait, force]
+    choices: [wait, force, none]
     default: wait
   started_before:
     description: Epoch seconds; only workers started before it are waited for or stopped. Default the module's start.
@@ -79,6 +83,10 @@ restart:
   description: The O(restart) asked for.
   returned: success
   type: str
+oldest_started_at:
+  description: When the oldest of O(workers) started (epoch seconds); null when none runs.
+  returned: success
+  type: float
 waited:
   description: Seconds spent waiting (V(wait)).
   returned: success
@@ -98,7 +106,8 @@ from ansible.module_utils.reefguide.worker_tasks import restart_message, worker_
 
 
 def stack_ecs(module: AnsibleModule, cf: Any, stack: str) -> tuple[str, set[str]]:
-    """The stack's cluster name and the families of its task definitions."""
+    """The stack's cluster name and the families of its task definitions ('' and none with restart=none
+    on a stack that has no cluster)."""
     clusters, families = [], set()
     try:
         for page in cf.get_paginator("list_stack_resources").paginate(StackName=stack):
@@ -110,6 +119,8 @@ def stack_ecs(module: AnsibleModule, cf: Any, stack: str) -> tuple[str, set[str]
                     families.add(physical.rsplit("/", 1)[-1].rsplit(":", 1)[0])
     except Exception as exc:
         fail_aws(module, exc, "listing the resources of stack %s" % stack)
+    if not clusters and module.params["restart"] == "none":
+        return "", set()
     if len(clusters) != 1 or not families:
         module.fail_json(msg="stack %s has %d ECS clusters and %d task definitions: it is not a ReefGuide stack with "
                              "workers (leave restart_workers unset for this deployment)"
@@ -147,7 +158,7 @@ def wait_for_exit(module: AnsibleModule, ecs: Any, cluster: str, workers: list[d
 
 def main() -> None:
     spec = dict(stack_name=dict(type="str", required=True),
-                restart=dict(type="str", choices=["wait", "force"], default="wait"),
+                restart=dict(type="str", choices=["wait", "force", "none"], default="wait"),
                 started_before=dict(type="float"), wait_timeout=dict(type="int", default=900),
                 poll_interval=dict(type="float", default=5.0))
     spec.update(AWS_COMMON_ARGS)
@@ -157,8 +168,13 @@ def main() -> None:
     before = p["started_before"] if p["started_before"] is not None else time.time()
     cluster, families = stack_ecs(module, client_from_params(module, "cloudformation"), p["stack_name"])
     ecs = client_from_params(module, "ecs")
-    workers = worker_tasks(running_tasks(module, ecs, cluster), families, before)
+    workers = worker_tasks(running_tasks(module, ecs, cluster), families, before) if cluster else []
+    oldest = min((w["started_at"] for w in workers), default=None)
     waited, changed = 0.0, False
+    if p["restart"] == "none":
+        module.exit_json(changed=False, cluster=cluster, workers=workers, oldest_started_at=oldest, waited=0.0,
+                         restart="none", msg="%d worker task(s) running%s" % (
+                             len(workers), "" if cluster else " (the stack has no ECS cluster)"))
     if module.check_mode:
         for w in workers:
             w["outcome"] = "would_stop" if p["restart"] == "force" else "would_wait"
@@ -173,7 +189,8 @@ def main() -> None:
         changed = bool(workers)
     elif workers:
         waited = wait_for_exit(module, ecs, cluster, workers)
-    module.exit_json(changed=changed, cluster=cluster, workers=workers, waited=round(waited, 1), restart=p["restart"],
+    module.exit_json(changed=changed, cluster=cluster, workers=workers, oldest_started_at=oldest,
+                     waited=round(waited, 1), restart=p["restart"],
                      msg=restart_message(p["restart"], workers, waited, p["wait_timeout"], module.check_mode))
 
 

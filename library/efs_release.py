@@ -158,6 +158,14 @@ options:
         before failing.
     type: int
     default: 600
+  workers_since:
+    description:
+      - When the oldest worker task still running started (epoch seconds; C(ecs_workers) with O(restart=none) on
+        the controller), or V(0) when that is unknown. A release of the workers' root, of an ancestor or of a
+        destination below it that was retired after that time is kept beyond O(keep), as the worker may hold its
+        files open, and on NFS deleting them gives it stale file handles. A later prune deletes it once no
+        such worker runs. Unset, no worker runs and O(keep) alone decides.
+    type: float
 notes:
   - Needs write access to the EFS root (C(become) on the instance).
   - Supports C(--check) (the same checks and plan, nothing written; a default O(release_id) is
@@ -260,6 +268,14 @@ pruned:
   type: list
   elements: dict
   sample: [{"target": "data/reefguide", "release_id": "20250501T000000Z", "bytes": 1048576}]
+held:
+  description: >-
+    Releases beyond O(keep) kept because a worker task still running started before they were retired
+    (O(workers_since)), each with its target and retirement time.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"target": "data/reefguide", "release_id": "20250501T000000Z", "retired_at": "2025-05-02T03:04:05Z"}]
 bytes_freed:
   description: >-
     Bytes freed by pruning releases and removing O(staging) (O(state=pruned)): a file counts once,

@@ -73,6 +73,11 @@ options:
   mode: {description: How the destination is updated., type: str, choices: [replace, merge, mirror], default: replace}
   clear_cache: {description: Empty data/reefguide/cache after the release (kept)., type: bool, default: false}
   keep: {description: Previous releases kept., type: int, default: 2}
+  workers_since:
+    description: >-
+      When the oldest running worker task started (epoch seconds, C(ecs_workers) O(restart=none)); 0 when unknown.
+      Releases the workers may hold open are kept beyond O(keep) (C(efs_release) O(workers_since)).
+    type: float
   release_id: {description: Id of the new release (default time-based)., type: str}
   concurrency: {description: Parallel downloads., type: int, default: 16}
   endpoint_url: {description: S3 endpoint for the instance (the lab only)., type: str}

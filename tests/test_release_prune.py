@@ -193,3 +193,40 @@ def test_removing_a_staging_copy_counts_only_the_files_it_alone_holds(efs: EFS) 
     assert really_freed == 250 + 40
     assert removed["staging_removed"] is True and removed["bytes_freed"] == really_freed
     assert predicted["bytes_freed"] == really_freed
+
+
+def retire_at(efs: EFS, stamps: dict[str, str], target: str = PKG) -> None:
+    """Set when the kept releases were retired (history's retired_at)."""
+    path = efs.key_dir(target) / "history.json"
+    history = json.loads(path.read_text())
+    for rel in history["releases"]:
+        rel["retired_at"] = stamps.get(rel["release_id"], rel.get("retired_at"))
+    path.write_text(json.dumps(history))
+
+
+def test_a_release_retired_while_a_running_worker_had_started_is_kept_until_it_is_gone(efs: EFS) -> None:
+    # workers_since: the oldest worker task still running started at 2026-01-01T12:00:00Z
+    since = 1767268800.0
+    for n in range(1, 4):
+        ok(efs.release("r%d" % n, version(n), keep=5))  # r3 live; r2, r1 kept
+    retire_at(efs, {"r2": "2026-01-01T12:30:00Z", "r1": "2026-01-01T11:00:00Z"})
+    args = {"target": PKG, "state": "pruned", "keep": 0, "workers_since": since}
+    predicted = ok(efs.run(args, check=True))
+    assert [p["release_id"] for p in predicted["pruned"]] == ["r1"]
+    assert predicted["held"] == [{"target": PKG, "release_id": "r2", "retired_at": "2026-01-01T12:30:00Z"}]
+    pruned = ok(efs.run(args))
+    assert [p["release_id"] for p in pruned["pruned"]] == ["r1"] and pruned["held"] == predicted["held"]
+    assert (efs.key_dir() / "r2").is_dir() and not (efs.key_dir() / "r1").exists()
+    # a release now retires r3: with a worker running it is kept too, in check mode as for real
+    released = ok(efs.release("r4", version(4), keep=0, workers_since=since))
+    assert [h["release_id"] for h in released["held"]] == ["r3", "r2"] and released["pruned"] == []
+    # unknown (the controller could not list the workers): everything beyond keep stays
+    assert ok(efs.run(dict(args, workers_since=0)))["pruned"] == []
+    # the workers that started before are gone: keep alone decides
+    gone = ok(efs.run({"target": PKG, "state": "pruned", "keep": 0}))
+    assert sorted(p["release_id"] for p in gone["pruned"]) == ["r2", "r3"] and gone["held"] == []
+    # a destination no worker reads is pruned to keep whatever the workers
+    for n in (1, 2):
+        ok(efs.release("o%d" % n, version(n), target="data/other", keep=5))
+    other = ok(efs.run({"target": "data/other", "state": "pruned", "keep": 0, "workers_since": 0}))
+    assert [p["release_id"] for p in other["pruned"]] == ["o1"] and other["held"] == []

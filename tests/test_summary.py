@@ -333,3 +333,21 @@ def test_every_release_a_stage_prunes_is_named() -> None:
     lines = stage_summary(staged_run(stage=stage, keep=1))
     assert "Releases pruned (keep=1): r0 (2048 bytes freed)" in lines
     assert not [line for line in stage_summary(staged_run()) if line.startswith("Releases pruned")]
+
+
+def test_releases_kept_for_running_workers_are_named_with_why_and_when_they_go() -> None:
+    held = [{"target": "data/reefguide", "release_id": "r1", "retired_at": "2026-01-01T12:30:00Z"}]
+    running = {"workers": [worker(1, "running"), worker(2, "running")], "oldest_started_at": 2.0}
+    stage = dict(staged_run()["stage"], held=held, pruned=[])
+    lines = stage_summary(staged_run(stage=stage, keep=0, workers_running=running))
+    assert ("Releases kept beyond keep=0: r1 (data/reefguide): 2 worker task(s) still running started before they "
+            "were retired and may hold their files open (deleting them would give those workers stale file handles "
+            "on EFS); a later run prunes them once those workers are gone.") in lines
+    # the workers could not be listed: everything of theirs beyond keep stays, and the rights that would tell
+    denied = teardown_summary({"s3": {}, "keep": 0, "efs": {"held": held, "pruned": []},
+                               "workers_running": {"failed": False, "msg": "AccessDenied: ecs:ListTasks"}})
+    assert any(line.startswith("Releases kept beyond keep=0: r1 (data/reefguide): the running worker tasks could not "
+                               "be listed (AccessDenied: ecs:ListTasks)") and "ecs:ListTasks, ecs:DescribeTasks" in line
+               for line in denied), denied
+    # nothing held: nothing said
+    assert not any("kept beyond" in line for line in stage_summary(staged_run(stage=dict(stage, held=[]))))

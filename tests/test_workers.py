@@ -125,7 +125,8 @@ def test_workers_read_each_release_rollback_and_prune_and_always_find_the_cache(
     stage_root(wlab, make(tmp_path / "v1", V1))
     wlab.ctl("workers", "start")  # workers exit after 5 min idle, as upstream's: they outlive this test
     assert status(wlab)["supervisor"]["workers"] == {}  # no job yet, no worker: the capacity manager starts none
-    job(wlab, "TEST")
+    holder = json.loads(wlab.ctl("workers", "job", "--type", "TEST", "--seconds", LONG, "--hold", "config.toml",
+                                 "--wait").stdout)  # a model run keeps V1's config.toml open throughout
     job(wlab, "ADRIA_MODEL_RUN")
     pids = {task: st["pid"] for task, st in live(wlab).items()}
     families = sorted(st["family"] for st in live(wlab).values())
@@ -134,9 +135,15 @@ def test_workers_read_each_release_rollback_and_prune_and_always_find_the_cache(
     assert "ADRIAMODELRUN" in families[0] and "TEST" in families[1], families
     assert_reads(wlab, V1)
 
+    # keep=0 would prune V1 at once, and with it the file the worker holds: it is kept, and said so
     looks = never_hurt(wlab)
-    out = stage_root(wlab, make(tmp_path / "v2", V2))
+    out = stage_root(wlab, make(tmp_path / "v2", V2), "-e", "keep=0")
     assert "Workers: data/reefguide stayed the directory the workers mount and was updated in place" in out, out[-3000:]
+    kept = re.search(r"Releases kept beyond keep=0: (\S+) \(data/reefguide\): 2 worker task\(s\) still running "
+                     r"started before they were retired and may hold their files open", out)
+    assert kept, out[-3000:]
+    # what the first stage retired (the provisioned tree, before any worker started) goes as keep says
+    assert kept.group(1) not in " ".join(re.findall(r"Releases pruned[^']*", out))
     looked_on(wlab, looks)
     assert_reads(wlab, V2)
 
@@ -147,12 +154,18 @@ def test_workers_read_each_release_rollback_and_prune_and_always_find_the_cache(
     assert_reads(wlab, V1)
 
     looks = never_hurt(wlab)
-    out = play(wlab, "teardown.yml", "-e", "keep=0")  # prunes every kept release, V2's included
-    assert "releases pruned: []" not in out, out[-3000:]
+    out = play(wlab, "teardown.yml", "-e", "keep=0")  # V2, retired by the rollback while the workers ran: kept
+    assert "releases pruned: []" in out and "Releases kept beyond keep=0" in out, out[-3000:]
     looked_on(wlab, looks)
     assert_reads(wlab, V1)
     # the same worker tasks all along: nothing restarted them, they simply kept reading
     assert {task: st["pid"] for task, st in live(wlab).items()} == pids
+    assert live(wlab)[holder["task"]]["held"]["deleted_looks"] == 0  # the file it holds was never deleted
+
+    # those workers gone (stopped with the lab's ECS), the next teardown prunes what they held
+    wlab.ctl("workers", "stop")
+    out = play(wlab, "teardown.yml", "-e", "keep=0")
+    assert "releases pruned: []" not in out and "Releases kept beyond" not in out, out[-3000:]
 
 
 def test_workers_are_told_from_service_tasks_and_by_when_they_started() -> None:

@@ -13,7 +13,7 @@ reads what a worker reads (config.toml, the data layers, the ADRIA data packages
 its root but cache/), reporting in a status file a test can read.
 
     labctl workers start [--idle-exit S]    ECS, the capacity manager and the services' tasks (no worker yet)
-    labctl workers job --type T [--seconds S] [--wait]   queue a job (a worker starts for it); its id
+    labctl workers job --type T [--seconds S] [--hold F] [--wait]   queue a job (a worker starts for it)
     labctl workers status                   services, worker tasks, each stand-in's status, the jobs
     labctl workers read                     ask the running workers to read everything now; what they read
     labctl workers stop                     stop them all (labctl down does too)
@@ -75,7 +75,9 @@ class StandIn:
             "started_at": time.time(), "root_ino": os.stat(self.mount).st_ino, "looks": 0,
             "cache_present_looks": 0, "cache_missing_looks": 0, "root_deleted_looks": 0,
             "errors": {}, "samples": [], "read": None, "job": None, "jobs_done": [], "exited": None,
+            "held": None,
         }
+        self.held_fd: Optional[int] = None
 
     def problem(self, what: str, exc: OSError) -> None:
         name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
@@ -147,7 +149,18 @@ class StandIn:
             doc.update(status="IN_PROGRESS", task=self.status["task"], started_at=time.time())
             write_json(path, doc)
             self.job, self.status["job"] = doc, doc["id"]
+            if doc.get("hold"):  # a job that keeps one data file open while it runs, as a model run does
+                self.held_fd = os.open(os.path.join(self.mount, doc["hold"]), os.O_RDONLY)
+                self.status["held"] = {"path": doc["hold"], "ino": os.fstat(self.held_fd).st_ino, "deleted_looks": 0}
             return
+
+    def look_at_held(self) -> bool:
+        """The file a job holds open, deleted under it? On EFS another client's delete of a file this
+        worker holds open gives it stale handles (ESTALE); the lab's local storage would let it read on."""
+        if self.held_fd is None or os.fstat(self.held_fd).st_nlink > 0:
+            return False
+        self.status["held"]["deleted_looks"] += 1
+        return True
 
     def work(self) -> None:
         if self.job is None:
@@ -157,6 +170,9 @@ class StandIn:
             write_json(self.jobs / (self.job["id"] + ".json"), self.job)
             self.status["jobs_done"].append(self.job["id"])
             self.job = self.status["job"] = None
+            if self.held_fd is not None:
+                os.close(self.held_fd)
+                self.held_fd = None
         if self.job is not None:
             self.last_active = time.time()
 
@@ -168,6 +184,7 @@ class StandIn:
         while not stopping and os.getppid() == parent:  # the supervisor gone: stop too
             urgent = self.look()
             self.work()
+            urgent = self.look_at_held() or urgent
             nonce = self.requested()
             if nonce:
                 self.read_all(nonce)
@@ -263,7 +280,7 @@ def cmd_job(args: argparse.Namespace) -> None:
     if not pid_alive(state.get("workers", {}).get(stack)):
         raise LabError("the ECS stand-ins of %s are not running: 'labctl workers start' first" % stack)
     job = {"id": uuid.uuid4().hex[:12], "type": args.type, "seconds": args.seconds, "status": "PENDING",
-           "submitted_at": time.time()}
+           "submitted_at": time.time(), "hold": args.hold}
     jobs = workers_dir(stack) / "jobs"
     jobs.mkdir(parents=True, exist_ok=True)
     write_json(jobs / (job["id"] + ".json"), job)
@@ -349,6 +366,7 @@ def add_parser(sub: Any) -> None:
             q.add_argument("--type", required=True, help="a job type, e.g. TEST or ADRIA_MODEL_RUN")
             q.add_argument("--seconds", type=float, default=0.0, help="how long the job keeps its worker busy")
             q.add_argument("--wait", action="store_true", help="until a worker has taken it")
+            q.add_argument("--hold", help="a file below the workers' root the job keeps open while it runs")
         q.set_defaults(func=func)
 
 

@@ -34,6 +34,12 @@ def cache_inside(target_rel: str) -> Optional[str]:
     return None
 
 
+def seen_by_workers(target_rel: str) -> bool:
+    """The workers' root, an ancestor of it or anything below it: running workers may have files
+    of its releases open."""
+    return holds_workers_root(target_rel) or target_rel.startswith(WORKERS_ROOT + "/")
+
+
 def holds_workers_root(target_rel: str) -> bool:
     """The workers mount data/reefguide as their volume's root: an NFS mount holds that
     directory itself, not its path. A release of it (or of an ancestor) must keep it."""

@@ -15,10 +15,11 @@ from ansible.module_utils.reefguide.fs import (
     remove_tree,
     tree_size,
 )
-from ansible.module_utils.reefguide.layout import RELEASES_DIR, efs_root_problem, key_to_target
+from ansible.module_utils.reefguide.layout import RELEASES_DIR, efs_root_problem, key_to_target, seen_by_workers
 from ansible.module_utils.reefguide.params import with_defaults
 from ansible.module_utils.reefguide.paths import parents_within, safe_relpath
 from ansible.module_utils.reefguide.release_plan import (
+    held_by_workers,
     is_live_from,
     keep_after_release,
     keep_after_rollback,
@@ -218,8 +219,12 @@ class Release(ReleaseTarget):
                       moved: list[str]) -> list[dict[str, Any]]:
         """Check mode: what prune() will delete; the version this call
         retires is still at the target, less the entries that move out."""
+        kept = {r["release_id"]: r for r in self.kept()}
+        retiring_now = {"release_id": not_yet_retired, "retired_at": utc_now()}
+        held = {r["release_id"] for r in self.held([kept.get(rid) or retiring_now for rid in doomed
+                                                    if rid in kept or rid == not_yet_retired])}
         out = []
-        for rid in doomed:
+        for rid in (d for d in doomed if d not in held):
             if rid == not_yet_retired:
                 size = self.freed.tree(self.target, moved)[1]
             else:
@@ -228,9 +233,20 @@ class Release(ReleaseTarget):
         self.result["bytes_freed"] += sum(d["bytes"] for d in out)
         return out
 
+    def held(self, doomed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Of the releases beyond keep, those a running worker may hold open (release_plan.held_by_workers)."""
+        if not seen_by_workers(self.target_rel):
+            return []
+        held = held_by_workers(doomed, self.p["workers_since"])
+        self.result["held"] = [{"target": self.target_rel, "release_id": r["release_id"],
+                                "retired_at": r.get("retired_at")} for r in held]
+        return held
+
     def prune(self) -> None:
-        """Delete (check mode: measure) the releases beyond keep."""
+        """Delete (check mode: measure) the releases beyond keep, but those running workers may hold."""
         doomed = prune_plan(self.kept(), self.p["keep"])
+        held = [r["release_id"] for r in self.held(doomed)]
+        doomed = [r for r in doomed if r["release_id"] not in held]
         swept = 0 if self.check else sweep_pruned(self.root, self.key_dir, self.freed)
         pruned = prune_releases(self.root, self.key_dir, self.history, doomed, self.freed, dry_run=self.check)
         self.result["pruned"] = [dict(p, target=self.target_rel) for p in pruned]
@@ -374,7 +390,7 @@ def prune_state(host: Any, p: dict[str, Any], check: bool, diff: bool, root: str
         raise ReleaseError("releases_dir %s leads outside %s or is a symlink; refusing" % (releases_root, root))
     targets = [safe_relpath(p["target"], "target")] if p["target"] is not None else all_targets(releases_root)
     leftover = staging_leftover(p, root, targets + [releases_rel])
-    result: dict[str, Any] = {"changed": False, "pruned": [], "bytes_freed": 0, "swap_method": None}
+    result: dict[str, Any] = {"changed": False, "pruned": [], "held": [], "bytes_freed": 0, "swap_method": None}
     recovered = []
     freed = FreedBytes()  # a file shared by pruned releases and the leftover counts once, in check mode too
     for target_rel in targets:
@@ -383,6 +399,7 @@ def prune_state(host: Any, p: dict[str, Any], check: bool, diff: bool, root: str
             result = one
         else:
             result["pruned"] += one["pruned"]
+            result["held"] += one["held"]
             result["bytes_freed"] += one["bytes_freed"]
             result["changed"] = result["changed"] or one["changed"]
         if one["recovered"]:
@@ -418,6 +435,7 @@ EFS_RELEASE_ARGS: dict[str, Any] = dict(
     group=dict(type="str"),
     swap=dict(type="str", choices=["auto", "exchange", "rename", "in_place"], default="auto"),
     lock_timeout=dict(type="int", default=600),
+    workers_since=dict(type="float"),
 )
 EFS_RELEASE_REQUIRED_IF = [("state", "released", ("target", "staging")), ("state", "rolled_back", ("target",))]
 

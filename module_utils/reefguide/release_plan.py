@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import calendar
+import time
 from typing import Any, Callable, Optional
 
 from ansible.module_utils.reefguide.releases_store import ReleaseError
@@ -33,6 +35,26 @@ def prune_plan(releases: list[dict[str, Any]], keep: int) -> list[dict[str, Any]
     if keep < 0:
         raise ReleaseError("keep must be 0 or more, got %d" % keep)
     return releases[keep:]
+
+
+def retired_epoch(release: dict[str, Any]) -> Optional[float]:
+    """A kept release's retirement (history's retired_at, UTC to the second) in epoch seconds; None unknown."""
+    stamp = release.get("retired_at")
+    try:
+        return float(calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))) if stamp else None
+    except ValueError:
+        return None
+
+
+def held_by_workers(doomed: list[dict[str, Any]], workers_since: Optional[float]) -> list[dict[str, Any]]:
+    """The doomed releases a running worker may still hold open, kept beyond keep: those retired after
+    the oldest running worker task started (workers_since; None: no worker runs). On NFS, deleting a
+    file another client holds open gives that client stale handles, and a worker started before a
+    release was retired may hold its files. Unknown retirement counts as recent; retired_at is
+    truncated to the second, hence the second's grace."""
+    if workers_since is None:
+        return []
+    return [r for r in doomed if retired_epoch(r) is None or retired_epoch(r) + 1 > workers_since]
 
 
 def keep_after_release(kept: list[str], retiring: Optional[str], keep: int) -> tuple[list[str], list[str]]:

@@ -86,6 +86,7 @@ class ReleaseTarget:
             "swap_method": None,
             "preserved": [],
             "pruned": [],
+            "held": [],
             "bytes_freed": 0,
             "recovered": None,
         }
