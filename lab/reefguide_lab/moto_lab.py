@@ -10,7 +10,9 @@ moto 5's ECS tasks differ from AWS's where the worker stand-ins and ecs_workers 
 - a task definition from CloudFormation loses its EFS volume configuration (EFSVolumeConfiguration
   is camel-cased into a key nothing reads) and its Cpu, NetworkMode and RequiresCompatibilities;
 - a VPC from CloudFormation ignores EnableDnsHostnames, without which moto cannot start an awsvpc
-  (Fargate) task.
+  (Fargate) task;
+- an EFS file system's SizeInBytes is always 0; EFS meters what the file system holds (the lab's
+  storage for it: its files' sizes, all in Standard, as of the call).
 This wrapper makes moto answer as AWS does on those three points, and nothing else.
 
     python -m reefguide_lab.moto_lab [--iam] -H 127.0.0.1 -p PORT   (then moto_server's arguments)
@@ -75,6 +77,27 @@ def install_ecs() -> None:
 
 
 
+def install_efs_size() -> None:
+    import os
+    import time
+
+    from moto.efs.models import FileSystem
+
+    from .instance import efs_storage
+
+    def size_in_bytes(self: Any) -> dict[str, Any]:
+        total = 0
+        for top, _dirs, files in os.walk(efs_storage() / self.file_system_id):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(top, name)).st_size
+                except OSError:
+                    pass
+        return {"Value": total, "ValueInIA": 0, "ValueInStandard": total, "Timestamp": time.time()}
+
+    FileSystem.size_in_bytes = property(size_in_bytes)
+
+
 def install_vpc() -> None:
     from moto.ec2.models import ec2_backends
     from moto.ec2.models.vpcs import VPC
@@ -97,6 +120,7 @@ def main() -> None:
     argv = sys.argv[1:]
     install_ecs()
     install_vpc()
+    install_efs_size()
     if "--iam" in argv:
         argv.remove("--iam")
         from . import moto_iam
