@@ -1,7 +1,7 @@
 """labd: the lab's SSM endpoint and instance supervisor, one process.
 
 moto serves EC2, S3, EFS, CloudFormation and most of SSM, but has no
-sessions: this endpoint answers StartSession, TerminateSession and
+sessions: this endpoint answers StartSession, TerminateSession, ResumeSession and
 DescribeInstanceInformation itself, from moto's EC2 state, and passes every
 other SSM call to moto unchanged. Beside it, a supervisor watches moto's
 instances: one that goes `running` gets a namespace (instance.boot), one
@@ -252,6 +252,18 @@ class Supervisor:
             account_reads(efs_reads.session_ended, sid)
         return 200, {"SessionId": sid}
 
+    def resume_session(self, body: dict[str, Any], host: str) -> tuple[int, dict[str, Any]]:
+        """What the real session-manager-plugin asks after a websocket error: the same session's
+        stream again. A session that ended (terminated, or ended by Session Manager) is gone."""
+        sid = body.get("SessionId", "")
+        with self.lock:
+            s = self.sessions.get(sid)
+            if not s or s["terminated"]:
+                return 400, {"__type": "DoesNotExistException", "message": "Session %s does not exist." % sid}
+            token = s["token"]
+        return 200, {"SessionId": sid, "TokenValue": token,
+                     "StreamUrl": "ws://%s/v1/data-channel/%s?role=publish_subscribe" % (host, sid)}
+
     def describe_instance_information(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         self.fresh()
         wanted: set[str] = set()
@@ -374,6 +386,7 @@ def make_handler(sup: Supervisor, moto_host: str, moto_port: int):
                 "StartSession": lambda b: sup.start_session(b, self.headers.get("Host", ""),
                                                             sup.caller_name(self.headers)),
                 "TerminateSession": sup.terminate_session,
+                "ResumeSession": lambda b: sup.resume_session(b, self.headers.get("Host", "")),
                 "DescribeInstanceInformation": sup.describe_instance_information,
             }
             if op in handlers:
@@ -394,7 +407,7 @@ def make_handler(sup: Supervisor, moto_host: str, moto_port: int):
             if op == "StartSession":
                 document = req.get("DocumentName") or "SSM-SessionManagerRunShell"
                 return [sup.arn("ec2", "instance/%s" % req.get("Target", "")), sup.arn("ssm", "document/%s" % document)]
-            if op == "TerminateSession":
+            if op in ("TerminateSession", "ResumeSession"):
                 return [sup.arn("ssm", "session/%s" % req.get("SessionId", ""))]
             return ["*"]  # DescribeInstanceInformation has no resource-level permissions
 
