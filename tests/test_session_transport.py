@@ -144,3 +144,45 @@ def test_labd_cuts_the_nth_matching_command_once() -> None:
     assert cuts.status()["fired"] == 2 and not cuts.armed()
     with pytest.raises(re.error):
         cuts.configure({"cuts": [{"match": "("}]})
+
+
+class Probed(detached.Detached):
+    """Detached with the instance's answers given: each shell command gets the next one."""
+
+    def __init__(self, answers: list[str]) -> None:
+        super().__init__(action=None, deadline=1e12, poll_interval=1.0, progress_file=None, run_id="r1")
+        self.answers, self.commands = answers, []
+
+    def shell(self, cmd: str, what: str = "", then: str = "") -> dict[str, Any]:
+        self.commands.append(cmd)
+        return {"stdout": self.answers.pop(0) if self.answers else "", "rc": 0}
+
+
+def test_a_start_without_answer_is_followed_if_it_runs_and_started_again_only_if_nothing_of_it_does(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(detached, "CLAIM_GRACE", 0.0)
+    monkeypatch.setattr(detached.time, "sleep", lambda s: None)
+    job = "%s/j42.7" % detached.claim_dir("t1")
+    assert Probed(["claimed\njob %s\n" % job]).find_started("pull", "t1") == job
+    assert Probed([""]).find_started("pull", "t1") is None  # never reached the instance
+    empty = Probed(["claimed\n"])  # async_wrapper died before its job began: the claim is taken back
+    assert empty.find_started("pull", "t1") is None and empty.commands[-1].startswith("rm -rf ")
+    monkeypatch.setattr(detached, "STUCK_START", 0.0)
+    with pytest.raises(AnsibleActionFail, match="still runs on the instance .* not starting another"):
+        Probed(["claimed\nrunning\n"] * 3).find_started("pull", "t1")
+
+    starts: list[str] = []
+
+    class CutThenStarted(Probed):
+        def start_once(self, module: str, args: dict[str, Any], token: str) -> dict[str, Any]:
+            starts.append(token)
+            if len(starts) == 1:
+                raise transport.SessionCut("the SSM session ended in the middle of a command")
+            return {"ansible_job_id": "j9.1", "results_file": "%s/j9.1" % detached.claim_dir(token)}
+    d = CutThenStarted(["", ""])  # the probe after the cut: nothing of it; then the record's write
+    rec = d.start("pull", "s3_sync", {}, None)
+    assert rec["jid"] == "j9.1" and len(starts) == 2 and starts[0] == starts[1] == rec["token"]
+    claimed = CutThenStarted(["claimed\njob %s\n" % job, ""])
+    starts.clear()
+    rec = claimed.start("pull", "s3_sync", {}, None)
+    assert len(starts) == 1 and rec["jid"] == "j42.7" and rec["results_file"] == job  # followed, not resent

@@ -42,6 +42,7 @@ FIRST_POLL = 0.25  # seconds; doubled after each poll up to the poll interval
 CLAIMED = "reefguide_efs_claimed"  # a start that found its token's directory taken answers this key
 START_ATTEMPTS = 4
 CLAIM_GRACE = 3.0  # seconds a claim may stay without a job file while async_wrapper forks
+STUCK_START = 30.0  # seconds more while a process of the start still runs (async_wrapper waits 2.5 s at most)
 
 
 def human(n: float) -> str:
@@ -202,6 +203,11 @@ class Detached:
             if not running and time.time() >= give_up:
                 self.shell("rm -rf %s" % shlex.quote(claim_dir(token)), "%s: taking back its claim" % name)
                 return None
+            if time.time() >= give_up + STUCK_START:
+                raise AnsibleActionFail(
+                    "%s: a process of its start (token %s) still runs on the instance %d s later without a job "
+                    "file in %s; not starting another: stop that process (or the instance) and run again"
+                    % (name, token, CLAIM_GRACE + STUCK_START, claim_dir(token)))
             time.sleep(0.25)  # async_wrapper is between its fork and its job file
 
     def record(self, name: str, module: str, progress: Optional[str], token: str, jid: str,
