@@ -276,8 +276,8 @@ class ActionModule(ActionBase):
         module that imports it (module_utils/reefguide/aws.py). The same probe
         says whether EFS's mount point is already mounted (returned)."""
         python = self.task_vars.get("ansible_python_interpreter") or "/usr/bin/python3"
-        found = ("import importlib.util as u, sys; print('efs-mounted' if %r in [ln.split()[4] for ln in "
-                 "open('/proc/self/mountinfo')] else 'efs-not-mounted'); "
+        found = ("import importlib.util as u, os, sys; print('efs-mounted' if os.path.realpath(%r) in "
+                 "[ln.split()[4] for ln in open('/proc/self/mountinfo')] else 'efs-not-mounted'); "
                  "sys.exit(not all(u.find_spec(m) for m in ('boto3', 'botocore')))" % root)
         probe = transport.ask_again("probing the instance's python", lambda: self._low_level_execute_command(
             "%s -c %s" % (python, shlex.quote(found)), sudoable=False))
