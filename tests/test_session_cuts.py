@@ -71,15 +71,18 @@ def test_sessions_cut_at_the_pull_start_a_poll_and_the_mount_stage_once(clab: La
     dest = "data/reefguide/cut"
     transfers = ssm(clab)["module_transfers"].get("s3_sync", 0)
     ended = ssm(clab)["sessions_ended"]["cut"]
-    armed = clab.cut_sessions((PULL_START, 1), (PULL_POLL, 2), (MOUNT, 1))
-    assert [c["fired"] for c in armed["cuts"]] == [False] * 3
+    # the last rule never fires: it counts the efs_mount runs the instance was sent
+    armed = clab.cut_sessions((PULL_START, 1), (PULL_POLL, 2), (MOUNT, 1), (MOUNT, 1000))
+    assert [c["fired"] for c in armed["cuts"]] == [False] * 4
     try:
         out, rc, pulls = stage(clab, src, dest)
         cuts = clab.served_json("labd_port", "/lab/session-cuts")
     finally:
         clab.cut_sessions()
     assert rc == 0, out[-5000:]
-    assert [c["fired"] for c in cuts["cuts"]] == [True] * 3, cuts  # each cut happened, mid-run
+    assert [c["fired"] for c in cuts["cuts"]] == [True] * 3 + [False], cuts  # each cut happened, mid-run
+    # the mount, the mount asked again (it found EFS mounted, by this run), and the unmount at the end
+    assert cuts["cuts"][3]["seen"] == 3, cuts
     assert ssm(clab)["sessions_ended"]["cut"] == ended + 3
     # the start cut: aws_ssm sends the start again (its read of the ended session fails: ssm_retry) or
     # returns without an exit status (then we look); either way the job is found by its token
