@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible.errors import AnsibleActionFail
+from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure
 from ansible_collections.amazon.aws.plugins.plugin_utils.ssm.terminalmanager import TerminalManager
 
 from helpers import ROOT
@@ -90,15 +90,15 @@ def test_a_start_sent_twice_runs_once_and_the_second_finds_the_claim(tmp_path: P
     again = sh(detached.guarded_start(start, token))
     assert first.stdout.strip() == "started"
     assert json.loads(again.stdout) == {detached.CLAIMED: token}
-    claimed, job, running = detached.parse_started(sh(detached.started_probe(token)).stdout)
+    claimed, job, doc, running = detached.parse_started(sh(detached.started_probe(token)).stdout)
     assert (claimed, running) == (True, False) and job is None  # a directory is not a job file
     (tmp_path / "jobs" / token / "j42.7").rmdir()
     (tmp_path / "jobs" / token / "j42.8.tmp").write_text("{}")
     assert detached.parse_started(sh(detached.started_probe(token)).stdout)[1] is None  # not written yet
     (tmp_path / "jobs" / token / "j42.8").write_text('{"started": true, "finished": false}')
-    claimed, job, running = detached.parse_started(sh(detached.started_probe(token)).stdout)
-    assert claimed and job == "%s/j42.8" % detached.claim_dir(token)
-    assert detached.parse_started(sh(detached.started_probe("ffff0000ffff0000")).stdout) == (False, None, False)
+    claimed, job, doc, running = detached.parse_started(sh(detached.started_probe(token)).stdout)
+    assert claimed and job == "%s/j42.8" % detached.claim_dir(token) and not detached.finished(doc)
+    assert detached.parse_started(sh(detached.started_probe("ffff0000ffff0000")).stdout) == (False, None, None, False)
 
 
 def test_a_torn_or_empty_poll_is_not_read_as_a_dead_job() -> None:
@@ -163,7 +163,11 @@ def test_a_start_without_answer_is_followed_if_it_runs_and_started_again_only_if
     monkeypatch.setattr(detached, "CLAIM_GRACE", 0.0)
     monkeypatch.setattr(detached.time, "sleep", lambda s: None)
     job = "%s/j42.7" % detached.claim_dir("t1")
-    assert Probed(["claimed\njob %s\n" % job]).find_started("pull", "t1") == job
+    running = '{"started": true, "finished": false}'
+    assert Probed(["claimed\njob %s\n%s\nrunning\n" % (job, running)]).find_started("pull", "t1") == job
+    assert Probed(["claimed\njob %s\n{\"rc\": 0}\n" % job]).find_started("pull", "t1") == job  # it ended
+    killed = Probed(["claimed\njob %s\n%s\n" % (job, running)])  # started, no process left: start again
+    assert killed.find_started("pull", "t1") is None and killed.commands[-1].startswith("rm -rf ")
     assert Probed([""]).find_started("pull", "t1") is None  # never reached the instance
     empty = Probed(["claimed\n"])  # async_wrapper died before its job began: the claim is taken back
     assert empty.find_started("pull", "t1") is None and empty.commands[-1].startswith("rm -rf ")
@@ -182,7 +186,15 @@ def test_a_start_without_answer_is_followed_if_it_runs_and_started_again_only_if
     d = CutThenStarted(["", ""])  # the probe after the cut: nothing of it; then the record's write
     rec = d.start("pull", "s3_sync", {}, None)
     assert rec["jid"] == "j9.1" and len(starts) == 2 and starts[0] == starts[1] == rec["token"]
-    claimed = CutThenStarted(["claimed\njob %s\n" % job, ""])
+    class TmpDirSentTwice(CutThenStarted):  # ssm_retry sent the tmp directory's mkdir again: it exists
+        def start_once(self, module: str, args: dict[str, Any], token: str) -> dict[str, Any]:
+            if not starts:
+                starts.append(token)
+                raise AnsibleConnectionFailure("Failed to create temporary directory. ...")
+            return super().start_once(module, args, token)
+    starts.clear()
+    assert TmpDirSentTwice(["", ""]).start("pull", "s3_sync", {}, None)["jid"] == "j9.1" and len(starts) == 2
+    claimed = CutThenStarted(["claimed\njob %s\n%s\nrunning\n" % (job, running), ""])
     starts.clear()
     rec = claimed.start("pull", "s3_sync", {}, None)
     assert len(starts) == 1 and rec["jid"] == "j42.7" and rec["results_file"] == job  # followed, not resent

@@ -29,10 +29,10 @@ import shlex
 import time
 from typing import Any, Callable, Optional
 
-from ansible.errors import AnsibleActionFail
+from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure
 from ansible.utils.display import Display
 
-from .transport import SessionCut, ask_again, before_end_marker, end_marker, tell, with_end_marker
+from .transport import ask_again, before_end_marker, end_marker, tell, with_end_marker
 
 display = Display()
 
@@ -96,18 +96,27 @@ def guarded_start(cmd: str, token: str) -> str:
 
 def started_probe(token: str) -> str:
     """A shell command saying what became of a start: 'claimed' (its directory exists), 'job PATH'
-    (async_wrapper's job file), 'running' (a process carries the token in its environment)."""
+    and the next line its content (async_wrapper's job file), 'running' (a process carries the
+    token in its environment: async_wrapper's and the module's all do)."""
     claim = shlex.quote(claim_dir(token))
     return ("if [ -d %s ]; then echo claimed; for f in %s/j*; do case $f in *.tmp) ;; *) [ -f \"$f\" ] && "
-            "echo \"job $f\";; esac; done; fi; if grep -qsz %s /proc/[0-9]*/environ; then echo running; fi; true"
+            "echo \"job $f\" && cat \"$f\" && echo;; esac; done; fi; "
+            "if grep -qsz %s /proc/[0-9]*/environ; then echo running; fi; true"
             % (claim, claim, shlex.quote("ANSIBLE_ASYNC_DIR=" + claim_dir(token))))
 
 
-def parse_started(stdout: str) -> tuple[bool, Optional[str], bool]:
-    """(claimed, job file path or None, running) from started_probe's output."""
+def parse_started(stdout: str) -> tuple[bool, Optional[str], Optional[dict[str, Any]], bool]:
+    """(claimed, job file path or None, its content or None, running) from started_probe's output."""
     lines = [ln.strip() for ln in (stdout or "").splitlines()]
-    jobs = [ln[4:] for ln in lines if ln.startswith("job /")]
-    return "claimed" in lines, (jobs[0] if jobs else None), "running" in lines
+    path, doc = None, None
+    for i, ln in enumerate(lines):
+        if ln.startswith("job /") and path is None:
+            path = ln[4:]
+            try:
+                doc = json.loads(lines[i + 1]) if i + 1 < len(lines) else None
+            except ValueError:
+                doc = None
+    return "claimed" in lines, path, doc if isinstance(doc, dict) else None, "running" in lines
 
 
 def finished(job_file: Optional[dict[str, Any]]) -> bool:
@@ -156,8 +165,11 @@ class Detached:
         for _ in range(START_ATTEMPTS):
             try:
                 started: Optional[dict[str, Any]] = self.start_once(module, args, token)
-            except SessionCut as exc:
-                tell("%s: %s while it was being started; looking on the instance for its job" % (name, exc))
+            except AnsibleConnectionFailure as exc:
+                # a cut (SessionCut), or what follows one: aws_ssm's ssm_retry sends a command again
+                # after its read of the ended session fails, and the tmp directory's mkdir sent twice fails
+                tell("%s: %s while it was being started; looking on the instance for its job"
+                     % (name, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__))
                 started = None
             if started is not None and started.get("ansible_job_id"):
                 jid, results_file = started["ansible_job_id"], started["results_file"]
@@ -194,10 +206,15 @@ class Detached:
         while True:
             res = self.shell(started_probe(token), "%s: looking for its job" % name,
                              then="whether it started is unknown; the next run waits for it if it did")
-            claimed, job_file, running = parse_started(res["stdout"])
-            if job_file:
+            claimed, job_file, job, running = parse_started(res["stdout"])
+            if job_file and (running or finished(job)):
                 tell("%s: its job runs (%s); following it, not starting another" % (name, job_file))
                 return job_file
+            if job_file:  # started, and no process of it left: killed with the session during its start
+                tell("%s: its job (%s) was killed with the session that started it, nothing of it runs; "
+                     "starting it again" % (name, job_file))
+                self.shell("rm -rf %s" % shlex.quote(claim_dir(token)), "%s: taking back its claim" % name)
+                return None
             if not claimed and not running:
                 return None
             if not running and time.time() >= give_up:

@@ -2,12 +2,14 @@
 #
 # Session Manager can end a session in the middle of a command (the maximum session duration,
 # an administrator's TerminateSession, an agent restart, a network drop). amazon.aws 10.1.2's
-# aws_ssm then leaves its read loop without the command's end marker and returns rc None and
-# whatever output had arrived, without raising; ansible-core turns rc None into rc 0. So every
-# call of the remote part is checked: rc None is a cut (guard_connection), and each shell
-# command ends with an end marker of its own, without which its output is torn (with_end_marker,
-# before_end_marker). Either way the output says nothing about the instance: the caller
-# reconnects and asks again (ask_again), and never concludes, forgets or resends from it.
+# aws_ssm then either leaves its read loop without the command's end marker and returns rc None
+# and whatever output had arrived, without raising (ansible-core turns rc None into rc 0), or
+# its read of the closed terminal fails (EIO) and ssm_retry sends the same command again in a new
+# session (seen in the lab): so every call must be safe to run twice (detached.py makes the
+# start so), and every call of the remote part is checked: rc None is a cut (guard_connection),
+# and each shell command ends with an end marker of its own, without which its output is torn
+# (with_end_marker, before_end_marker). Either way the output says nothing about the instance:
+# the caller reconnects and asks again (ask_again), and never concludes, forgets or resends from it.
 
 from __future__ import annotations
 
