@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import re
@@ -27,19 +28,22 @@ from ansible.utils.display import Display
 display = Display()
 
 
-def _load_detached() -> Any:
-    """reefguide_remote/detached.py: Ansible's plugin loader does not put action_plugins/ on sys.path."""
-    name = "reefguide_efs_remote_detached"
+def _load_remote(part: str) -> Any:
+    """reefguide_remote/<part>.py, the package loaded by path: Ansible's plugin loader does not put
+    action_plugins/ on sys.path."""
+    name = "reefguide_efs_remote"
     if name not in sys.modules:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reefguide_remote", "detached.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        sys.modules[name] = module
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return sys.modules[name]
+        here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reefguide_remote")
+        spec = importlib.util.spec_from_file_location(name, os.path.join(here, "__init__.py"),
+                                                      submodule_search_locations=[here])
+        package = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules[name] = package
+        spec.loader.exec_module(package)  # type: ignore[union-attr]
+    return importlib.import_module("%s.%s" % (name, part))
 
 
-detached = _load_detached()
+detached = _load_remote("detached")
+transport = _load_remote("transport")
 
 # The task's arguments, checked and defaulted in one place (documented in library/efs_session.py).
 ARGUMENT_SPEC: dict[str, Any] = dict(
@@ -137,6 +141,15 @@ def module_never_arrived(res: dict[str, Any]) -> bool:
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
+    start_token: Optional[str] = None  # set by detached.Detached while it starts a step
+
+    def _low_level_execute_command(self, cmd: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """A detached step's start runs only if it claims its token (reefguide_remote/detached.py):
+        the same start sent twice starts one job."""
+        token = self.start_token
+        if token and "ANSIBLE_ASYNC_DIR=%s " % detached.claim_dir(token) in cmd and "async_wrapper" in cmd:
+            cmd = detached.guarded_start(cmd, token)
+        return super()._low_level_execute_command(cmd, *args, **kwargs)
 
     @contextmanager
     def for_real(self) -> Iterator[None]:
@@ -164,8 +177,9 @@ class ActionModule(ActionBase):
         for attempt in range(1, TRANSFER_ATTEMPTS + 1):
             if detach:
                 res = self.detached.run(name, module, args, progress)
-            else:
-                res = self._execute_module(module_name=module, module_args=args, task_vars=self.task_vars)
+            else:  # a short idempotent call (the mount): asked again when its session ends under it
+                res = transport.ask_again("%s (%s)" % (name, module), lambda: self._execute_module(
+                    module_name=module, module_args=args, task_vars=self.task_vars))
             if attempt == TRANSFER_ATTEMPTS or not module_never_arrived(res):
                 break
             display.warning("%s: the module file did not reach the instance intact (an S3 error during "
@@ -205,6 +219,7 @@ class ActionModule(ActionBase):
     def run(self, tmp: Any = None, task_vars: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         self.task_vars = task_vars or {}
         redact_connection_display(self._connection)
+        transport.guard_connection(self._connection)  # a session ended mid-command raises, never answers rc 0
         result = super().run(tmp, self.task_vars)
         # one place for the defaults (documented in library/efs_session.py); roles pass their own values
         _, a = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF)
@@ -217,7 +232,7 @@ class ActionModule(ActionBase):
         self.detached = detached.Detached(self, time.time() + a["remote_timeout"], a["poll_interval"],
                                           a["progress_file"], a["run_id"] or "")
         try:
-            self.ensure_packages(a["install_packages"])
+            was_mounted = self.ensure_packages(a["install_packages"], root)
             # a step a lost controller or session left running ends before this run touches its files
             result["waited_for"] = self.detached.wait_for_earlier()
             # in check mode too: EFS is mounted (and unmounted again below) so the checked
@@ -227,7 +242,9 @@ class ActionModule(ActionBase):
                     "state": "mounted", "fs_id": a["fs_id"], "path": root, "user": user,
                     "options": a["mount_options"], "owner": user, "group": user,
                 }, detach=False)
-            mounted_here = bool(mount.get("mounted_by_this_call"))
+            # a mount asked again after its session ended under it finds EFS mounted: by this run,
+            # if it was not mounted before
+            mounted_here = bool(mount.get("mounted_by_this_call")) or not was_mounted
             outcome = getattr(self, op)(a, root, user)
             # what EFS now holds, for the summary's cost estimate (never fails the operation)
             # and the fingerprints of the recorded destinations, this stage's own among them
@@ -253,32 +270,39 @@ class ActionModule(ActionBase):
                       polls=self.detached.polls, live_changed=self.live_changed)
         return result
 
-    def ensure_packages(self, install: bool) -> None:
+    def ensure_packages(self, install: bool, root: str) -> bool:
         """boto3 for the instance's python (the sync pulls with it), from the
         distribution's packages, once: a present one costs one tiny command in
         this same session. The probe finds the packages without importing them
         (0.01 s against 0.2 s of CPU); a broken install is still named, by the
-        module that imports it (module_utils/reefguide/aws.py)."""
+        module that imports it (module_utils/reefguide/aws.py). The same probe
+        says whether EFS's mount point is already mounted (returned)."""
         python = self.task_vars.get("ansible_python_interpreter") or "/usr/bin/python3"
-        found = "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('boto3', 'botocore')))"
-        probe = self._low_level_execute_command("%s -c %s" % (python, shlex.quote(found)), sudoable=False)
+        found = ("import importlib.util as u, os, sys; print('efs-mounted' if os.path.realpath(%r) in "
+                 "[ln.split()[4] for ln in open('/proc/self/mountinfo')] else 'efs-not-mounted'); "
+                 "sys.exit(not all(u.find_spec(m) for m in ('boto3', 'botocore')))" % root)
+        probe = transport.ask_again("probing the instance's python", lambda: self._low_level_execute_command(
+            "%s -c %s" % (python, shlex.quote(found)), sudoable=False))
+        was_mounted = "efs-mounted" in (probe.get("stdout") or "").split()
         if probe.get("rc") == 0:
             self.steps["packages"] = {"changed": False, "msg": "boto3 present"}
-            return
+            return was_mounted
         if self._task.check_mode:
             self.steps["packages"] = {"changed": True, "msg": "would install python3-boto3"}
-            return
+            return was_mounted
         if not install:
             raise AnsibleActionFail("boto3 is not importable by %s on the instance: install python3-boto3 "
                                     "(dnf install -y python3-boto3) or set reefguide_install_packages: true" % python)
         cmd = ("if command -v dnf >/dev/null; then dnf install -y -q python3-boto3; "
                "else apt-get install -y -q python3-boto3; fi")
-        res = self._low_level_execute_command(cmd, sudoable=True)
+        res = transport.ask_again("installing python3-boto3",
+                                  lambda: self._low_level_execute_command(cmd, sudoable=True))
         self.steps["packages"] = {"changed": res.get("rc") == 0, "rc": res.get("rc"),
                                   "msg": "installed python3-boto3" if res.get("rc") == 0 else res.get("stderr", "")}
         if res.get("rc") != 0:
             raise AnsibleActionFail("installing python3-boto3 on the instance failed: %s"
                                     % (res.get("stderr") or res.get("stdout") or "rc=%s" % res.get("rc")))
+        return was_mounted
 
     # -- operations -------------------------------------------------------------
     def stage(self, a: dict[str, Any], root: str, user: str) -> dict[str, Any]:
@@ -367,8 +391,8 @@ class ActionModule(ActionBase):
         if not mounted_here:
             return
         with self.for_real():
-            res = self._execute_module(module_name="efs_mount", module_args={"state": "unmounted", "path": root},
-                                       task_vars=self.task_vars)
+            res = transport.ask_again("unmount (efs_mount)", lambda: self._execute_module(
+                module_name="efs_mount", module_args={"state": "unmounted", "path": root}, task_vars=self.task_vars))
         self.steps["unmount"] = {k: v for k, v in res.items() if k != "invocation"}
         if res.get("failed"):
             result.setdefault("warnings", []).append("EFS left mounted at %s: %s" % (root, res.get("msg")))

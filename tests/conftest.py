@@ -46,7 +46,7 @@ FULL_ONLY_FILES = {
     "test_live_record.py", "test_lock_heartbeat.py", "test_molecule.py", "test_run_isolation.py",
     "test_ssm_limits.py", "test_workers.py", "test_load.py",
     "test_s3_sync.py", "test_sync_interrupt.py", "test_efs_mount.py", "test_efs_tidy.py",
-    "test_efs_release.py", "test_release_prune.py", "test_release_in_place.py",
+    "test_efs_release.py", "test_release_prune.py", "test_release_in_place.py", "test_session_cuts.py",
 }
 
 
@@ -57,7 +57,8 @@ FULL_ONLY_FILES = {
 LONGEST_FIRST = [
     "test_live_record.py", "test_molecule.py", "test_interruptions.py", "test_workers.py",  # 370-220 s
     "test_stage_reads.py", "test_live_record_property.py", "test_faults.py", "test_idle_timeout.py",
-    "test_load.py", "test_stage_playbook.py", "test_iam.py", "test_lock_heartbeat.py", "test_lab.py",  # 170-60 s
+    "test_load.py", "test_stage_playbook.py", "test_iam.py", "test_lock_heartbeat.py", "test_session_cuts.py",
+    "test_lab.py",  # 170-60 s
 ]
 
 

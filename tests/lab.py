@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -84,10 +85,18 @@ class Lab:
         """End the hold (the held request is reset; its client retries) and fault nothing more."""
         self.ctl("faults", "--release-stalls", "--rate", "0")
 
-    def served_json(self, port_key: str, path: str) -> dict[str, Any]:
-        """The JSON a lab process serves on loopback (its port read from lab.json now)."""
+    def cut_sessions(self, *cuts: tuple[str, int]) -> dict[str, Any]:
+        """Session Manager ends the session at the nth command matching each pattern (counted over
+        all sessions from now on), after the command ran and before its end reached the client
+        (lab/reefguide_lab/session_cuts.py). No cuts: disarm."""
+        return self.served_json("labd_port", "/lab/session-cuts",
+                                {"cuts": [{"match": match, "nth": nth} for match, nth in cuts]})
+
+    def served_json(self, port_key: str, path: str, post: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        """The JSON a lab process serves on loopback (its port read from lab.json now); post: sent as a POST."""
         port = json.loads((self.dir / "lab.json").read_text())[port_key]
-        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=10) as r:
+        data = None if post is None else json.dumps(post).encode()
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), data=data, timeout=10) as r:
             return json.load(r)
 
     def client(self, service: str) -> Any:
@@ -160,6 +169,50 @@ class Lab:
         env["ANSIBLE_STDOUT_CALLBACK"] = "default"
         env["ANSIBLE_CALLBACK_RESULT_FORMAT"] = "json"
         return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+class PullWatcher:
+    """Samples the pull processes (s3_sync modules) running in the instance: the most at once, and
+    every one seen (by pid and start time: each is a pull job that ran)."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab, self.most, self.stop = lab, 0, threading.Event()
+        self.seen: set[tuple[str, str]] = set()
+        self.thread = threading.Thread(target=self.watch, daemon=True)
+        self.thread.start()
+
+    def pulls(self) -> int:
+        init = self.lab.init_pid()
+        try:
+            ns = os.readlink("/proc/%d/ns/pid" % init) if init else None
+        except OSError:  # the instance stopped meanwhile
+            ns = None
+        if ns is None:
+            return 0
+        n = 0
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                argv = Path("/proc/%s/cmdline" % pid).read_bytes().split(b"\0")
+                if os.readlink("/proc/%s/ns/pid" % pid) != ns:
+                    continue
+                # the module's own process (async_wrapper's carry its path further down their argv)
+                if not (len(argv) > 1 and argv[1].endswith(b"AnsiballZ_s3_sync.py")):
+                    continue
+                started = Path("/proc/%s/stat" % pid).read_bytes().rsplit(b")", 1)[1].split()[19]
+            except (OSError, IndexError):
+                continue
+            n += 1
+            self.seen.add((pid, started.decode()))
+        return n
+
+    def watch(self) -> None:
+        while not self.stop.wait(0.2):
+            self.most = max(self.most, self.pulls())
+
+    def done(self) -> int:
+        self.stop.set()
+        self.thread.join()
+        return self.most
 
 
 @contextmanager

@@ -118,6 +118,15 @@ def test_policies_render_and_scope_resources(iam_lab: Lab) -> None:
                        aws_secret_access_key=lab.env["AWS_SECRET_ACCESS_KEY"])
     with pytest.raises(Exception, match="not authorized to perform: ssm:StartSession"):
         ssm.start_session(Target="i-0123456789abcdef0")
+    # the real session-manager-plugin resumes its own session after a websocket error; only its own
+    acct_session = "arn:aws:ssm:%s:%s:session/%%s" % (region, acct)
+    who = {"aws:username": lab_iam.OPERATOR, "aws:userid": "AIDAOPERATOR"}
+    assert lab_iam.evaluate(op, "ssm:ResumeSession", acct_session % (lab_iam.OPERATOR + "-0a1b"), who) == "allow"
+    assert lab_iam.evaluate(op, "ssm:ResumeSession", acct_session % "someone-else-0a1b", who) == "implicit"
+    with pytest.raises(Exception, match="not authorized to perform: ssm:ResumeSession"):
+        ssm.resume_session(SessionId="someone-else-0a1b")
+    with pytest.raises(Exception, match="DoesNotExist"):  # allowed, and answered: no such session
+        ssm.resume_session(SessionId=lab_iam.OPERATOR + "-0a1b")
     ec2 = boto3.client("ec2", endpoint_url=lab.env["AWS_ENDPOINT_URL"], region_name=region,
                        aws_access_key_id=lab.env["AWS_ACCESS_KEY_ID"],
                        aws_secret_access_key=lab.env["AWS_SECRET_ACCESS_KEY"])

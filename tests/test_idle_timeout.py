@@ -19,7 +19,7 @@ from typing import Optional
 import pytest
 
 from helpers import ROOT, playbook_command, run_playbook, tree
-from lab import Lab, running_lab
+from lab import Lab, PullWatcher, running_lab
 
 INVENTORY = ROOT / "inventory" / "lab.yml"
 IDLE, STALL = 5, 4
@@ -116,44 +116,6 @@ def kill_tree(pid: int) -> None:
             os.kill(p, signal.SIGKILL)
         except OSError:
             pass
-
-
-class PullWatcher:
-    """Samples the pull processes (s3_sync modules) running in the instance."""
-
-    def __init__(self, lab: Lab) -> None:
-        self.lab, self.most, self.stop = lab, 0, threading.Event()
-        self.thread = threading.Thread(target=self.watch, daemon=True)
-        self.thread.start()
-
-    def pulls(self) -> int:
-        init = self.lab.init_pid()
-        try:
-            ns = os.readlink("/proc/%d/ns/pid" % init) if init else None
-        except OSError:  # the instance stopped meanwhile
-            ns = None
-        if ns is None:
-            return 0
-        n = 0
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                argv = Path("/proc/%s/cmdline" % pid).read_bytes().split(b"\0")
-                if os.readlink("/proc/%s/ns/pid" % pid) != ns:
-                    continue
-            except OSError:
-                continue
-            # the module's own process (async_wrapper's carry its path further down their argv)
-            n += len(argv) > 1 and argv[1].endswith(b"AnsiballZ_s3_sync.py")
-        return n
-
-    def watch(self) -> None:
-        while not self.stop.wait(0.2):
-            self.most = max(self.most, self.pulls())
-
-    def done(self) -> int:
-        self.stop.set()
-        self.thread.join()
-        return self.most
 
 
 def test_a_controller_lost_mid_pull_leaves_the_pull_to_finish_and_the_next_run_waits(strict: Lab,

@@ -87,7 +87,8 @@ def test_teardown_check_on_a_running_instance_lists_what_would_go_and_changes_no
         lab: Lab, tmp_path: Path) -> None:
     inv = ROOT / "inventory" / "lab.yml"
     dest = "data/reefguide/tdcheck"
-    async_dir = lab.dir / "instances" / lab.instance_id / "root" / ".ansible_async"
+    async_dir = lab.dir / "instances" / lab.instance_id / "root" / ".ansible_async"  # async_wrapper's default
+    jobs_dir = lab.dir / "instances" / lab.instance_id / "run" / "reefguide-efs" / "jobs"  # where ours go
     results_before = set(os.listdir(async_dir)) if async_dir.is_dir() else set()
     for version in ("1", "2"):
         src = tmp_path / ("v" + version)
@@ -95,8 +96,10 @@ def test_teardown_check_on_a_running_instance_lists_what_would_go_and_changes_no
         (src / "table.csv").write_text("version %s\n" % version * 1000)
         run = playbook(lab, inv, "stage_data.yml", "-e", "src=%s" % src, "-e", "dest=%s" % dest)
         assert run.returncode == 0, run.stdout[-3000:]
-    # each detached step's result file on the instance goes once it has been read
-    assert async_dir.is_dir() and set(os.listdir(async_dir)) <= results_before
+    # each detached step's result file on the instance (in its job's own directory) goes once it has
+    # been read, with the directory and the job's record; none lands in async_wrapper's default directory
+    assert jobs_dir.is_dir() and os.listdir(jobs_dir) == []
+    assert (set(os.listdir(async_dir)) if async_dir.is_dir() else set()) <= results_before
     leftover = lab.efs_path / ".reefguide-staging" / "dead-run" / "big.bin"
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"\0" * 300000)

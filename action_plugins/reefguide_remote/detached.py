@@ -11,23 +11,38 @@
 # a stop of the instance, which kills the jobs, forgets them too) lets the next run find a
 # step that a lost controller or session left running: it waits for it instead of starting
 # a second one on the same files.
+#
+# A session can end in the middle of any of these calls (transport.py): a poll's torn output
+# is asked again, never read as "the job died"; and a start is idempotent: a token made on the
+# controller names the job's own directory (async_wrapper's ANSIBLE_ASYNC_DIR, so it is in the
+# start's command line and the job's environment, and the job file lands in it). The start
+# claims that directory (mkdir) before async_wrapper runs, so the same start sent again (by us,
+# or by aws_ssm's ssm_retry after a call timeout) finds the claim and follows the job that
+# holds it instead of starting another.
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
 import time
 from typing import Any, Callable, Optional
 
-from ansible.errors import AnsibleActionFail
+from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure
 from ansible.utils.display import Display
+
+from .transport import ask_again, before_end_marker, end_marker, tell, with_end_marker
 
 display = Display()
 
 JOBS_DIR = "/run/reefguide-efs/jobs"
 SEPARATOR = "--reefguide-efs-job--"
 FIRST_POLL = 0.25  # seconds; doubled after each poll up to the poll interval
+CLAIMED = "reefguide_efs_claimed"  # a start that found its token's directory taken answers this key
+START_ATTEMPTS = 4
+CLAIM_GRACE = 3.0  # seconds a claim may stay without a job file while async_wrapper forks
+STUCK_START = 30.0  # seconds more while a process of the start still runs (async_wrapper waits 2.5 s at most)
 
 
 def human(n: float) -> str:
@@ -66,6 +81,44 @@ def parse_poll(stdout: str) -> tuple[bool, Optional[dict[str, Any]], Optional[di
     return parts[0].strip() == "alive", docs[0], docs[1]
 
 
+def claim_dir(token: str) -> str:
+    return "%s/%s" % (JOBS_DIR, token)
+
+
+def guarded_start(cmd: str, token: str) -> str:
+    """The start's command, run only by the first to claim the token's directory; a start sent
+    again prints {CLAIMED: token} instead of starting a second job."""
+    claim = shlex.quote(claim_dir(token))
+    answer = shlex.quote(json.dumps({CLAIMED: token}))
+    return "mkdir -p -m 0700 %s && if mkdir -m 0700 %s 2>/dev/null; then %s; else printf '%%s\\n' %s; fi" % (
+        JOBS_DIR, claim, cmd, answer)
+
+
+def started_probe(token: str) -> str:
+    """A shell command saying what became of a start: 'claimed' (its directory exists), 'job PATH'
+    and the next line its content (async_wrapper's job file), 'running' (a process carries the
+    token in its environment: async_wrapper's and the module's all do)."""
+    claim = shlex.quote(claim_dir(token))
+    return ("if [ -d %s ]; then echo claimed; for f in %s/j*; do case $f in *.tmp) ;; *) [ -f \"$f\" ] && "
+            "echo \"job $f\" && cat \"$f\" && echo;; esac; done; fi; "
+            "if grep -qsz %s /proc/[0-9]*/environ; then echo running; fi; true"
+            % (claim, claim, shlex.quote("ANSIBLE_ASYNC_DIR=" + claim_dir(token))))
+
+
+def parse_started(stdout: str) -> tuple[bool, Optional[str], Optional[dict[str, Any]], bool]:
+    """(claimed, job file path or None, its content or None, running) from started_probe's output."""
+    lines = [ln.strip() for ln in (stdout or "").splitlines()]
+    path, doc = None, None
+    for i, ln in enumerate(lines):
+        if ln.startswith("job /") and path is None:
+            path = ln[4:]
+            try:
+                doc = json.loads(lines[i + 1]) if i + 1 < len(lines) else None
+            except ValueError:
+                doc = None
+    return "claimed" in lines, path, doc if isinstance(doc, dict) else None, "running" in lines
+
+
 def finished(job_file: Optional[dict[str, Any]]) -> bool:
     """async_wrapper writes {"started": true, "finished": false} first, then the module's result."""
     return job_file is not None and not (job_file.get("started") and not job_file.get("finished"))
@@ -93,26 +146,94 @@ class Detached:
         self.polls = 0
         self.jobs: list[dict[str, Any]] = []
 
-    def shell(self, cmd: str) -> dict[str, Any]:
-        return self.action._low_level_execute_command("/bin/sh -c %s" % shlex.quote(cmd), sudoable=True)
+    def shell(self, cmd: str, what: str = "a command on the instance",
+              then: str = "nothing was concluded from it") -> dict[str, Any]:
+        """cmd (idempotent: it may run twice) to its end: asked again in a new session when the
+        session ends under it; its stdout without the end marker."""
+        def once() -> Optional[dict[str, Any]]:
+            marker = end_marker()
+            res = self.action._low_level_execute_command(
+                "/bin/sh -c %s" % shlex.quote(with_end_marker(cmd, marker)), sudoable=True)
+            out = before_end_marker(res.get("stdout"), marker)
+            return None if out is None else dict(res, stdout=out)
+        return ask_again(what, once, then=then)
 
     # -- start ------------------------------------------------------------------
     def start(self, name: str, module: str, args: dict[str, Any], progress: Optional[str]) -> dict[str, Any]:
-        """Start module detached; the job's record, or the failed start's result (key "failed")."""
-        task = self.action._task
-        saved = task.async_val
+        """Start module detached, once; the job's record, or the failed start's result (key "failed")."""
+        token = secrets.token_hex(8)
+        for _ in range(START_ATTEMPTS):
+            try:
+                started: Optional[dict[str, Any]] = self.start_once(module, args, token)
+            except AnsibleConnectionFailure as exc:
+                # a cut (SessionCut), or what follows one: aws_ssm's ssm_retry sends a command again
+                # after its read of the ended session fails, and the tmp directory's mkdir sent twice fails
+                tell("%s: %s while it was being started; looking on the instance for its job"
+                     % (name, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__))
+                started = None
+            if started is not None and started.get("ansible_job_id"):
+                jid, results_file = started["ansible_job_id"], started["results_file"]
+            elif started is not None and not started.get(CLAIMED):
+                return started  # the module's own failure (e.g. a transfer that did not arrive)
+            else:  # cut, or sent twice: the token's directory says whether a job runs
+                found = self.find_started(name, token)
+                if found is None:
+                    continue  # nothing of it runs: start it again
+                jid, results_file = os.path.basename(found), found
+            return self.record(name, module, progress, token, jid, results_file)
+        raise AnsibleActionFail("%s (%s) could not be started: the SSM session ended under its start %d times "
+                                "running; no job of it runs on the instance" % (name, module, START_ATTEMPTS))
+
+    def start_once(self, module: str, args: dict[str, Any], token: str) -> dict[str, Any]:
+        task, shell = self.action._task, self.action._connection._shell
+        saved = task.async_val, shell.get_option("async_dir")
         task.async_val = max(1, int(self.deadline - time.time()))  # async_wrapper kills it past the budget
+        shell.set_option("async_dir", claim_dir(token))  # the job file lands in the token's directory
+        self.action.start_token = token  # efs_session guards the start's command with it
         try:
-            started = self.action._execute_module(module_name=module, module_args=args,
-                                                  task_vars=self.action.task_vars, wrap_async=True)
+            return self.action._execute_module(module_name=module, module_args=args,
+                                               task_vars=self.action.task_vars, wrap_async=True)
         finally:
-            task.async_val = saved
-        if started.get("failed") or not started.get("ansible_job_id"):
-            return started
-        job = {"jid": started["ansible_job_id"], "results_file": started["results_file"], "step": name,
-               "module": module, "run_id": self.run_id, "progress_file": progress,
+            task.async_val = saved[0]
+            shell.set_option("async_dir", saved[1])
+            self.action.start_token = None
+            shell.tmpdir = None  # the job's (async_wrapper removes it), even when the start was cut
+
+    def find_started(self, name: str, token: str) -> Optional[str]:
+        """The job file of the start with this token, or None when nothing of it runs (then its
+        claim is taken back, so it can be started again)."""
+        give_up = time.time() + CLAIM_GRACE
+        while True:
+            res = self.shell(started_probe(token), "%s: looking for its job" % name,
+                             then="whether it started is unknown; the next run waits for it if it did")
+            claimed, job_file, job, running = parse_started(res["stdout"])
+            if job_file and (running or finished(job)):
+                tell("%s: its job runs (%s); following it, not starting another" % (name, job_file))
+                return job_file
+            if job_file:  # started, and no process of it left: killed with the session during its start
+                tell("%s: its job (%s) was killed with the session that started it, nothing of it runs; "
+                     "starting it again" % (name, job_file))
+                self.shell("rm -rf %s" % shlex.quote(claim_dir(token)), "%s: taking back its claim" % name)
+                return None
+            if not claimed and not running:
+                return None
+            if not running and time.time() >= give_up:
+                self.shell("rm -rf %s" % shlex.quote(claim_dir(token)), "%s: taking back its claim" % name)
+                return None
+            if time.time() >= give_up + STUCK_START:
+                raise AnsibleActionFail(
+                    "%s: a process of its start (token %s) still runs on the instance %d s later without a job "
+                    "file in %s; not starting another: stop that process (or the instance) and run again"
+                    % (name, token, CLAIM_GRACE + STUCK_START, claim_dir(token)))
+            time.sleep(0.25)  # async_wrapper is between its fork and its job file
+
+    def record(self, name: str, module: str, progress: Optional[str], token: str, jid: str,
+               results_file: str) -> dict[str, Any]:
+        job = {"jid": jid, "results_file": results_file, "step": name, "module": module, "run_id": self.run_id,
+               "progress_file": progress, "token": token,
                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        self.shell("printf '%%s' %s > %s" % (shlex.quote(json.dumps(job)), shlex.quote(self.record_path(job))))
+        self.shell("printf '%%s' %s > %s" % (shlex.quote(json.dumps(job)), shlex.quote(self.record_path(job))),
+                   "%s: writing its job record" % name)
         self.jobs.append({k: job[k] for k in ("jid", "step", "module")})
         return job
 
@@ -128,7 +249,9 @@ class Detached:
             alive_test(job["jid"]), SEPARATOR, shlex.quote(job["results_file"]), SEPARATOR,
             "cat %s 2>/dev/null" % shlex.quote(job["progress_file"]) if job.get("progress_file") else "true")
         self.polls += 1
-        res = self.shell(cmd)
+        res = self.shell(cmd, "%s (%s): a poll of job %s" % (job.get("step"), job.get("module"), job["jid"]),
+                         then="the job goes on on the instance and keeps its record %s: the next run waits "
+                              "for it" % self.record_path(job))
         return parse_poll(res.get("stdout", ""))
 
     def follow(self, job: dict[str, Any], show: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
@@ -156,7 +279,10 @@ class Detached:
     def forget(self, job: dict[str, Any]) -> None:
         """The job's record, its progress file and async_wrapper's result file (read by now) go."""
         paths = [self.record_path(job)] + [job[k] for k in ("progress_file", "results_file") if job.get(k)]
-        self.shell("rm -f %s" % " ".join(shlex.quote(p) for p in paths))
+        cmd = "rm -f %s" % " ".join(shlex.quote(p) for p in paths)
+        if job.get("token"):
+            cmd += "; rm -rf %s" % shlex.quote(claim_dir(job["token"]))  # the job's own directory
+        self.shell(cmd, "%s: removing its job record" % job.get("step"))
 
     def run(self, name: str, module: str, args: dict[str, Any], progress: Optional[str] = None) -> dict[str, Any]:
         job = self.start(name, module, args, progress)
@@ -180,7 +306,7 @@ class Detached:
     # -- what earlier runs left -------------------------------------------------
     def earlier_jobs(self) -> list[dict[str, Any]]:
         res = self.shell("mkdir -p -m 0700 %s; for f in %s/*.json; do [ -f \"$f\" ] && cat \"$f\" && echo; done; "
-                         "true" % (JOBS_DIR, JOBS_DIR))
+                         "true" % (JOBS_DIR, JOBS_DIR), "reading the job records of earlier runs")
         jobs = []
         for line in (res.get("stdout") or "").splitlines():
             try:

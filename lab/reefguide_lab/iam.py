@@ -15,7 +15,7 @@ What enforces what (see iam/README.md):
   cannot evaluate. So moto gets a *view* of each policy: non-S3 resources
   widened to "*", Conditions dropped, moto's own S3 action names added beside
   the IAM ones (moto_view()).
-- labd answers StartSession, TerminateSession and DescribeInstanceInformation
+- labd answers StartSession, TerminateSession, ResumeSession and DescribeInstanceInformation
   itself and checks them with evaluate() below against the policy as written
   (resources included, ${aws:username}/${aws:userid} resolved).
 """

@@ -1,7 +1,7 @@
 """labd: the lab's SSM endpoint and instance supervisor, one process.
 
 moto serves EC2, S3, EFS, CloudFormation and most of SSM, but has no
-sessions: this endpoint answers StartSession, TerminateSession and
+sessions: this endpoint answers StartSession, TerminateSession, ResumeSession and
 DescribeInstanceInformation itself, from moto's EC2 state, and passes every
 other SSM call to moto unchanged. Beside it, a supervisor watches moto's
 instances: one that goes `running` gets a namespace (instance.boot), one
@@ -17,6 +17,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import secrets
 import signal
 import threading
@@ -33,6 +34,7 @@ from botocore.config import Config
 from . import efs_reads
 from . import iam as lab_iam
 from . import instance as inst
+from .session_cuts import SessionCuts
 from .ssm_limits import SessionLimits
 from .ssm_limits import add_arguments as add_limit_arguments
 from .state import admin_credentials, lab_dir, load
@@ -73,6 +75,7 @@ class Supervisor:
         self.active_until = 0.0
         self.applied_poll = 0.0  # when the poll whose answer the records hold began
         self.limits = limits or SessionLimits(0, 0)  # Session Manager's idle timeout and max duration
+        self.cuts = SessionCuts()  # sessions a test ends at a chosen command (session_cuts.py)
 
     # -- instance life cycle -------------------------------------------------
     def fs_for(self, instance_id: str) -> str | None:
@@ -252,6 +255,18 @@ class Supervisor:
             account_reads(efs_reads.session_ended, sid)
         return 200, {"SessionId": sid}
 
+    def resume_session(self, body: dict[str, Any], host: str) -> tuple[int, dict[str, Any]]:
+        """What the real session-manager-plugin asks after a websocket error: the same session's
+        stream again. A session that ended (terminated, or ended by Session Manager) is gone."""
+        sid = body.get("SessionId", "")
+        with self.lock:
+            s = self.sessions.get(sid)
+            if not s or s["terminated"]:
+                return 400, {"__type": "DoesNotExistException", "message": "Session %s does not exist." % sid}
+            token = s["token"]
+        return 200, {"SessionId": sid, "TokenValue": token,
+                     "StreamUrl": "ws://%s/v1/data-channel/%s?role=publish_subscribe" % (host, sid)}
+
     def describe_instance_information(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         self.fresh()
         wanted: set[str] = set()
@@ -294,7 +309,16 @@ class Supervisor:
             if not rec.get("init_pid"):
                 return 409, {"message": "instance %s is not running" % s["instance_id"]}
             return 200, {"instance_id": s["instance_id"], "init_pid": rec["init_pid"], "user": s["user"],
-                         "idle_timeout": s["idle_timeout"], "max_duration": s["max_duration"]}
+                         "idle_timeout": s["idle_timeout"], "max_duration": s["max_duration"],
+                         "cuts_armed": self.cuts.armed()}
+
+    def session_command(self, sid: str, token: str, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A stand-in relays a command: end its session at it (an armed cut)?"""
+        with self.lock:
+            s = self.sessions.get(sid)
+            if not s or s["token"] != token:
+                return 404, {"message": "no such session"}
+        return 200, {"cut": self.cuts.command_seen(str(doc.get("command", "")))}
 
     def session_report(self, sid: str, token: str, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """The plugin stand-in tells what it saw: a module transfer, or the session it ended."""
@@ -320,6 +344,7 @@ class Supervisor:
                 "sessions_started": dict(self.sessions_started),
                 "sessions_open": sum(1 for s in self.sessions.values() if not s["terminated"]),
                 "ssm": self.limits.status(),
+                "session_cuts": self.cuts.status(),
             }
 
 
@@ -349,6 +374,8 @@ def make_handler(sup: Supervisor, moto_host: str, moto_port: int):
             if url.path == "/lab/status":
                 sup.fresh()
                 return self.reply(200, sup.status(), "application/json")
+            if url.path == "/lab/session-cuts":
+                return self.reply(200, sup.cuts.status(), "application/json")
             if url.path.startswith("/lab/session/"):
                 token = parse_qs(url.query).get("token", [""])[0]
                 code, doc = sup.session_for_plugin(url.path.rsplit("/", 1)[1], token)
@@ -361,9 +388,15 @@ def make_handler(sup: Supervisor, moto_host: str, moto_port: int):
             data = self.body()
             if url.path == "/lab/ssm-limits":
                 return self.reply(200, sup.limits.change(json.loads(data or b"{}")), "application/json")
-            if url.path.startswith("/lab/session/") and url.path.endswith("/report"):
+            if url.path == "/lab/session-cuts":
+                try:
+                    return self.reply(200, sup.cuts.configure(json.loads(data or b"{}")), "application/json")
+                except (ValueError, KeyError, TypeError, re.error) as exc:
+                    return self.reply(400, {"message": "bad session cuts: %s" % exc}, "application/json")
+            if url.path.startswith("/lab/session/") and url.path.endswith(("/report", "/command")):
                 token = parse_qs(url.query).get("token", [""])[0]
-                code, doc = sup.session_report(url.path.split("/")[3], token, json.loads(data or b"{}"))
+                answer = sup.session_report if url.path.endswith("/report") else sup.session_command
+                code, doc = answer(url.path.split("/")[3], token, json.loads(data or b"{}"))
                 return self.reply(code, doc, "application/json")
             if url.path == "/lab/boot-delay":
                 sup.boot_delay = float(json.loads(data or b"{}").get("seconds", sup.boot_delay))
@@ -374,6 +407,7 @@ def make_handler(sup: Supervisor, moto_host: str, moto_port: int):
                 "StartSession": lambda b: sup.start_session(b, self.headers.get("Host", ""),
                                                             sup.caller_name(self.headers)),
                 "TerminateSession": sup.terminate_session,
+                "ResumeSession": lambda b: sup.resume_session(b, self.headers.get("Host", "")),
                 "DescribeInstanceInformation": sup.describe_instance_information,
             }
             if op in handlers:
@@ -394,7 +428,7 @@ def make_handler(sup: Supervisor, moto_host: str, moto_port: int):
             if op == "StartSession":
                 document = req.get("DocumentName") or "SSM-SessionManagerRunShell"
                 return [sup.arn("ec2", "instance/%s" % req.get("Target", "")), sup.arn("ssm", "document/%s" % document)]
-            if op == "TerminateSession":
+            if op in ("TerminateSession", "ResumeSession"):
                 return [sup.arn("ssm", "session/%s" % req.get("SessionId", ""))]
             return ["*"]  # DescribeInstanceInformation has no resource-level permissions
 

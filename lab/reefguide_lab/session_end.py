@@ -19,6 +19,7 @@ from typing import Optional
 MESSAGES = {
     "idle": "Your session timed out due to inactivity and has been terminated.",
     "duration": "Your session has reached the maximum session duration and has been terminated.",
+    "cut": "The session ended in the middle of a command (the lab's session cut).",
 }
 
 # amazon.aws.aws_ssm copies a module to the instance with `curl -o 'PATH' 'URL'; touch 'PATH'`

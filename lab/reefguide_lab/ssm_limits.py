@@ -65,9 +65,9 @@ class SessionLimits:
         return self.status()
 
     def report(self, doc: dict[str, Any]) -> None:
-        """A stand-in's report: {"ended": "idle"|"duration"} or {"transfer": module name}."""
+        """A stand-in's report: {"ended": "idle"|"duration"|"cut"} or {"transfer": module name}."""
         with self.lock:
-            if doc.get("ended") in ("idle", "duration"):
+            if doc.get("ended") in ("idle", "duration", "cut"):
                 self.ended[doc["ended"]] += 1
             if doc.get("transfer"):
                 self.transfers[str(doc["transfer"])] += 1
@@ -75,7 +75,7 @@ class SessionLimits:
     def status(self) -> dict[str, Any]:
         with self.lock:
             return {"idle_timeout": self.idle_timeout, "max_duration": self.max_duration,
-                    "sessions_ended": {"idle": self.ended["idle"], "duration": self.ended["duration"]},
+                    "sessions_ended": {k: self.ended[k] for k in ("idle", "duration", "cut")},
                     "module_transfers": dict(self.transfers),
                     "module_transfers_total": sum(self.transfers.values())}
 

@@ -1,0 +1,200 @@
+"""The pure parts of "a session that ended is not a job that died" (no lab): the end markers of
+the remote part's calls, the guard that turns aws_ssm's rc None into a cut, the idempotent
+start's claim and probe (run by a real /bin/sh in a temporary directory), and the lab's
+session cuts (the wrapped commands the stand-in recognises, the output it withholds)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure
+from ansible_collections.amazon.aws.plugins.plugin_utils.ssm.terminalmanager import TerminalManager
+
+from helpers import ROOT
+
+sys.path.insert(0, str(ROOT / "lab"))
+from reefguide_lab.session_cuts import OutputCut, SessionCuts, wrapped_commands  # noqa: E402
+
+
+def efs_session() -> Any:
+    spec = importlib.util.spec_from_file_location("efs_session_under_test", ROOT / "action_plugins" / "efs_session.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+PLUGIN = efs_session()
+transport, detached = PLUGIN.transport, PLUGIN.detached
+
+
+def sh(cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["/bin/sh", "-c", cmd], capture_output=True, text=True, timeout=30)
+
+
+def test_output_ends_with_its_own_marker_or_is_torn() -> None:
+    marker = transport.end_marker()
+    assert marker != transport.end_marker()
+    whole = sh(transport.with_end_marker("echo alive; false", marker)).stdout
+    assert transport.before_end_marker(whole, marker).strip() == "alive"
+    assert transport.before_end_marker(whole[: whole.index(marker) + 3], marker) is None  # cut in the marker
+    assert transport.before_end_marker("alive\n", marker) is None  # no marker: nothing to conclude
+    assert transport.before_end_marker("", marker) is None
+    assert transport.before_end_marker(whole.replace(marker, transport.end_marker()), marker) is None
+
+
+class EndedConnection:
+    """aws_ssm's answer when the session-manager-plugin exits mid-command: rc None, partial output."""
+
+    def __init__(self, answers: list[tuple[Any, str, str]]) -> None:
+        self.answers, self.closed = answers, 0
+
+    def exec_command(self, cmd: str, in_data: Any = None, sudoable: bool = True) -> tuple[Any, str, str]:
+        return self.answers.pop(0)
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_a_command_without_exit_status_raises_a_cut_and_closes_the_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = EndedConnection([(None, '{"star', ""), (0, "ok", "")])
+    transport.guard_connection(conn)
+    transport.guard_connection(conn)  # once per connection
+    with pytest.raises(transport.SessionCut, match="ended in the middle of a command"):
+        conn.exec_command("cat job")
+    assert conn.closed == 1
+    assert conn.exec_command("cat job") == (0, "ok", "")
+    monkeypatch.setattr(transport, "PAUSE", 0.0)
+    answers = iter([None, {"stdout": "x"}])
+    assert transport.ask_again("a poll", lambda: next(answers)) == {"stdout": "x"}
+
+    def always_cut() -> None:
+        raise transport.SessionCut("the SSM session ended in the middle of a command")
+    with pytest.raises(AnsibleActionFail, match="a poll: the SSM session ended in the middle of it 3 times running "
+                                                ".*; the job goes on"):
+        transport.ask_again("a poll", always_cut, attempts=3, then="the job goes on")
+
+
+def test_a_start_sent_twice_runs_once_and_the_second_finds_the_claim(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(detached, "JOBS_DIR", str(tmp_path / "jobs"))
+    token = "0123abcd0123abcd"
+    start = "mkdir %s/j42.7 && echo started" % detached.claim_dir(token)  # what async_wrapper leaves
+    first = sh(detached.guarded_start(start, token))
+    again = sh(detached.guarded_start(start, token))
+    assert first.stdout.strip() == "started"
+    assert json.loads(again.stdout) == {detached.CLAIMED: token}
+    claimed, job, doc, running = detached.parse_started(sh(detached.started_probe(token)).stdout)
+    assert (claimed, running) == (True, False) and job is None  # a directory is not a job file
+    (tmp_path / "jobs" / token / "j42.7").rmdir()
+    (tmp_path / "jobs" / token / "j42.8.tmp").write_text("{}")
+    assert detached.parse_started(sh(detached.started_probe(token)).stdout)[1] is None  # not written yet
+    (tmp_path / "jobs" / token / "j42.8").write_text('{"started": true, "finished": false}')
+    claimed, job, doc, running = detached.parse_started(sh(detached.started_probe(token)).stdout)
+    assert claimed and job == "%s/j42.8" % detached.claim_dir(token) and not detached.finished(doc)
+    assert detached.parse_started(sh(detached.started_probe("ffff0000ffff0000")).stdout) == (False, None, None, False)
+
+
+def test_a_torn_or_empty_poll_is_not_read_as_a_dead_job() -> None:
+    # parse_poll alone still reads an empty output as "not alive": shell() never hands it one
+    assert detached.parse_poll("") == (False, None, None)
+    out = "alive\n%s\n{\"started\": true, \"finished\": false}\n%s\n{}\n" % (detached.SEPARATOR, detached.SEPARATOR)
+    assert detached.parse_poll(out)[0] is True
+
+
+def aws_ssm_wrapped(cmd: str) -> tuple[str, str, str]:
+    """(wrapped command, mark_start, mark_end) as amazon.aws's aws_ssm writes it to the session."""
+    class Connection:
+        is_windows = False
+
+        def verbosity_display(self, level: int, message: str) -> None:
+            pass
+    start, end = "A" * 26, "B" * 26
+    return TerminalManager(Connection()).wrap_command(cmd, start, end), start, end
+
+
+def test_the_stand_in_finds_the_commands_the_aws_ssm_plugin_writes_and_withholds_their_end() -> None:
+    first, _, end = aws_ssm_wrapped("sudo sh -c 'python3 AnsiballZ_efs_mount.py'")
+    second, _, _ = aws_ssm_wrapped("cat /run/reefguide-efs/jobs/x")
+    buf = bytearray((first + second[:40]).encode())
+    assert wrapped_commands(buf) == [("sudo sh -c 'python3 AnsiballZ_efs_mount.py'", end.encode())]
+    buf += second[40:].encode()
+    assert [c for c, _ in wrapped_commands(buf)] == ["cat /run/reefguide-efs/jobs/x"] and not buf
+    cut = OutputCut(end.encode())
+    out, done = cut.feed(b"{\"changed\": true}\n\n0\n" + end[:5].encode())
+    assert not done and end[:5].encode() not in out
+    rest, done = cut.feed(end[5:].encode() + b"\n")
+    assert done and end.encode() not in out + rest and (out + rest).startswith(b"{\"changed\": true}")
+
+
+def test_labd_cuts_the_nth_matching_command_once() -> None:
+    cuts = SessionCuts()
+    assert not cuts.armed()
+    cuts.configure({"cuts": [{"match": "progress", "nth": 2}, {"match": "efs_mount", "nth": 1}]})
+    assert cuts.armed()
+    seen = [cuts.command_seen(c) for c in ("cat progress", "python3 AnsiballZ_efs_mount.py", "cat progress",
+                                           "cat progress", "python3 AnsiballZ_efs_mount.py")]
+    assert seen == [False, True, True, False, False]
+    assert cuts.status()["fired"] == 2 and not cuts.armed()
+    with pytest.raises(re.error):
+        cuts.configure({"cuts": [{"match": "("}]})
+
+
+class Probed(detached.Detached):
+    """Detached with the instance's answers given: each shell command gets the next one."""
+
+    def __init__(self, answers: list[str]) -> None:
+        super().__init__(action=None, deadline=1e12, poll_interval=1.0, progress_file=None, run_id="r1")
+        self.answers, self.commands = answers, []
+
+    def shell(self, cmd: str, what: str = "", then: str = "") -> dict[str, Any]:
+        self.commands.append(cmd)
+        return {"stdout": self.answers.pop(0) if self.answers else "", "rc": 0}
+
+
+def test_a_start_without_answer_is_followed_if_it_runs_and_started_again_only_if_nothing_of_it_does(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(detached, "CLAIM_GRACE", 0.0)
+    monkeypatch.setattr(detached.time, "sleep", lambda s: None)
+    job = "%s/j42.7" % detached.claim_dir("t1")
+    running = '{"started": true, "finished": false}'
+    assert Probed(["claimed\njob %s\n%s\nrunning\n" % (job, running)]).find_started("pull", "t1") == job
+    assert Probed(["claimed\njob %s\n{\"rc\": 0}\n" % job]).find_started("pull", "t1") == job  # it ended
+    killed = Probed(["claimed\njob %s\n%s\n" % (job, running)])  # started, no process left: start again
+    assert killed.find_started("pull", "t1") is None and killed.commands[-1].startswith("rm -rf ")
+    assert Probed([""]).find_started("pull", "t1") is None  # never reached the instance
+    empty = Probed(["claimed\n"])  # async_wrapper died before its job began: the claim is taken back
+    assert empty.find_started("pull", "t1") is None and empty.commands[-1].startswith("rm -rf ")
+    monkeypatch.setattr(detached, "STUCK_START", 0.0)
+    with pytest.raises(AnsibleActionFail, match="still runs on the instance .* not starting another"):
+        Probed(["claimed\nrunning\n"] * 3).find_started("pull", "t1")
+
+    starts: list[str] = []
+
+    class CutThenStarted(Probed):
+        def start_once(self, module: str, args: dict[str, Any], token: str) -> dict[str, Any]:
+            starts.append(token)
+            if len(starts) == 1:
+                raise transport.SessionCut("the SSM session ended in the middle of a command")
+            return {"ansible_job_id": "j9.1", "results_file": "%s/j9.1" % detached.claim_dir(token)}
+    d = CutThenStarted(["", ""])  # the probe after the cut: nothing of it; then the record's write
+    rec = d.start("pull", "s3_sync", {}, None)
+    assert rec["jid"] == "j9.1" and len(starts) == 2 and starts[0] == starts[1] == rec["token"]
+    class TmpDirSentTwice(CutThenStarted):  # ssm_retry sent the tmp directory's mkdir again: it exists
+        def start_once(self, module: str, args: dict[str, Any], token: str) -> dict[str, Any]:
+            if not starts:
+                starts.append(token)
+                raise AnsibleConnectionFailure("Failed to create temporary directory. ...")
+            return super().start_once(module, args, token)
+    starts.clear()
+    assert TmpDirSentTwice(["", ""]).start("pull", "s3_sync", {}, None)["jid"] == "j9.1" and len(starts) == 2
+    claimed = CutThenStarted(["claimed\njob %s\n%s\nrunning\n" % (job, running), ""])
+    starts.clear()
+    rec = claimed.start("pull", "s3_sync", {}, None)
+    assert len(starts) == 1 and rec["jid"] == "j42.7" and rec["results_file"] == job  # followed, not resent
