@@ -111,8 +111,8 @@ def status_lines(report: dict[str, Any]) -> list[str]:
                               ": ansible-playbook teardown.yml deletes them" if uploads["objects"] or
                               multipart["uploads"] else ""))
     efs = report["efs"]
-    lines.append("EFS: %.3f GiB metered (%.3f GiB Standard, %.3f GiB Infrequent Access) at %s, about $%.2f a month at the "
-                 "Standard price; EFS updates this within about an hour of a change" % (
+    lines.append("EFS: %.3f GiB metered (%.3f GiB Standard, %.3f GiB Infrequent Access) at %s, about $%.2f a month "
+                 "at the Standard price; EFS updates this within about an hour of a change" % (
                      int(efs.get("bytes") or 0) / GiB, int(efs.get("standard_bytes") or 0) / GiB,
                      int(efs.get("ia_bytes") or 0) / GiB, efs.get("metered_at"), efs["monthly_usd"]))
     return lines
