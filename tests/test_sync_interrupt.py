@@ -51,11 +51,14 @@ HOLD = 0.1  # seconds each data request is held by the proxy
 
 class Counting(http.server.BaseHTTPRequestHandler):
     """Forwards to moto; notes every request (method, path, whether its body
-    arrived whole) in arrival order; holds data requests HOLD seconds."""
+    arrived whole) in arrival order; holds data requests HOLD seconds, and
+    while `gate` is closed, until it opens (a test that must not race the
+    transfer's end closes it)."""
 
     target = ""
     log: list[tuple[str, str, bool]] = []
     lock = threading.Lock()
+    gate = threading.Event()
 
     def _handle(self) -> None:
         length = int(self.headers.get("content-length") or 0)
@@ -67,6 +70,7 @@ class Counting(http.server.BaseHTTPRequestHandler):
             return  # cut by the client: never reaches S3
         if is_data(self.command, self.path):
             time.sleep(HOLD)
+            self.gate.wait(120)
         try:
             relay(self, self.target, body or None)
         except OSError:
@@ -89,8 +93,8 @@ def is_data(method: str, path: str) -> bool:
 
 
 class Proxy:
-    def __init__(self, target: str, log: list[tuple[str, str, bool]]):
-        self.log = log
+    def __init__(self, target: str, log: list[tuple[str, str, bool]], gate: threading.Event):
+        self.log, self.gate = log, gate
         self.endpoint = target
 
     def mark(self) -> int:
@@ -105,14 +109,17 @@ class Proxy:
 @pytest.fixture
 def proxy(moto: Server) -> Iterator[Proxy]:  # noqa: F811 - the fixture imported above
     log: list[tuple[str, str, bool]] = []
-    handler = type("Proxy", (Counting,), {"target": moto.endpoint[len("http://"):], "log": log})
+    gate = threading.Event()
+    gate.set()  # open: data moves after HOLD
+    handler = type("Proxy", (Counting,), {"target": moto.endpoint[len("http://"):], "log": log, "gate": gate})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     server.handle_error = lambda request, address: None  # type: ignore[method-assign]  # cut connections
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield Proxy("http://127.0.0.1:%d" % server.server_address[1], log)
+        yield Proxy("http://127.0.0.1:%d" % server.server_address[1], log, gate)
     finally:
+        gate.set()
         server.shutdown()
         server.server_close()
 
@@ -244,6 +251,9 @@ def test_ctrl_c_of_ansible_reaches_the_module_which_aborts_its_uploads(
         assert time.time() < deadline
         time.sleep(0.02)
     mark = proxy.mark()
+    # no data moves from now on: the upload cannot end before the signal reaches the module, however
+    # slowly a loaded machine passes it on (s12a: it ended first, and the test saw 'done')
+    proxy.gate.clear()
     os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "interrupted" in out.lower(), out

@@ -11,6 +11,7 @@ moto 5's ECS tasks differ from AWS's where the worker stand-ins and ecs_workers 
   is camel-cased into a key nothing reads) and its Cpu, NetworkMode and RequiresCompatibilities;
 - a VPC from CloudFormation ignores EnableDnsHostnames, without which moto cannot start an awsvpc
   (Fargate) task;
+- an instance keeps its first LaunchTime across stops; EC2 sets it at every start from stopped;
 - an EFS file system's SizeInBytes is always 0; EFS meters what the file system holds (the lab's
   storage for it: its files' sizes, all in Standard, as of the call).
 This wrapper makes moto answer as AWS does on those three points, and nothing else.
@@ -98,6 +99,22 @@ def install_efs_size() -> None:
     FileSystem.size_in_bytes = property(size_in_bytes)
 
 
+def install_launch_time() -> None:
+    from moto.core.utils import utcnow
+    from moto.ec2.models.instances import Instance
+
+    start = Instance.start
+
+    def started(self: Any) -> Any:
+        was = self._state.name
+        state = start(self)
+        if was == "stopped":
+            self.launch_time = utcnow()
+        return state
+
+    Instance.start = started
+
+
 def install_vpc() -> None:
     from moto.ec2.models import ec2_backends
     from moto.ec2.models.vpcs import VPC
@@ -121,6 +138,7 @@ def main() -> None:
     install_ecs()
     install_vpc()
     install_efs_size()
+    install_launch_time()
     if "--iam" in argv:
         argv.remove("--iam")
         from . import moto_iam
