@@ -80,6 +80,8 @@ ARGUMENT_SPEC: dict[str, Any] = dict(
     fingerprint=dict(type="list", elements="str", default=[]),
     # the whole remote part's budget; each call over SSM has the connection's short ssm_timeout
     remote_timeout=dict(type="int", default=14400),
+    # the release's (or rollback's, or removal's) own limit: never cut short by what the pull left of remote_timeout
+    release_timeout=dict(type="int", default=3600),
     poll_interval=dict(type="float", default=10.0),
     progress_file=dict(type="str"),
     # operation=compare (a check run): the local manifest, rel -> [size, SHA-256]
@@ -176,7 +178,10 @@ class ActionModule(ActionBase):
             args = dict(args, require_mount=self.mount_root if module == "s3_sync" else True)
         for attempt in range(1, TRANSFER_ATTEMPTS + 1):
             if detach:
-                res = self.detached.run(name, module, args, progress)
+                # a step that changes what is live has a budget of its own: async_wrapper would kill
+                # it at its limit, halfway through a swap (a mirror pull is the pull: remote_timeout)
+                limit = self.release_timeout if changes_live and module != "s3_sync" else None
+                res = self.detached.run(name, module, args, progress, limit)
             else:  # a short idempotent call (the mount): asked again when its session ends under it
                 res = transport.ask_again("%s (%s)" % (name, module), lambda: self._execute_module(
                     module_name=module, module_args=args, task_vars=self.task_vars))
@@ -229,6 +234,7 @@ class ActionModule(ActionBase):
         root = self.mount_root = a["efs_root"]
         user = a["user"]
         mounted_here = False
+        self.release_timeout = a["release_timeout"]
         self.detached = detached.Detached(self, time.time() + a["remote_timeout"], a["poll_interval"],
                                           a["progress_file"], a["run_id"] or "")
         try:
@@ -258,10 +264,20 @@ class ActionModule(ActionBase):
         except Exception as exc:
             result.update(failed=True, msg=str(exc), steps=self.steps, remote_jobs=self.detached.jobs,
                           live_changed=self.live_changed)
+            running = self.detached.running
+            if running and self.live_changed is None:
+                # the job that changes what is live may still run: stopping the instance would cut it halfway
+                result["job_running"] = {"step": running["step"], "module": running["module"], "jid": running["jid"],
+                                         "record": self.detached.record_path(running)}
+                result["msg"] += (
+                    ". Its job (%s, %s) may still be running on the instance: the instance is left running so that it "
+                    "can finish (a stop would cut it halfway). The next run waits for it before it touches EFS; "
+                    "ansible-playbook teardown.yml then stops the instance" % (running["step"], running["jid"]))
             if op == "stage" and a["mode"] != "mirror":
                 result["staging_left"] = a["staging"]
             try:
-                self.unmount(root, mounted_here, result)
+                # EFS stays mounted under a job that may still run (the next run finds it mounted)
+                self.unmount(root, mounted_here and "job_running" not in result, result)
             except Exception as lost:
                 result.setdefault("warnings", []).append("EFS left mounted at %s: %s" % (root, lost))
             return result

@@ -59,6 +59,10 @@ def _instance_line(t: dict[str, Any], power: dict[str, Any]) -> Optional[str]:
     if stopped is not None:
         return "Instance: %d s from start request to stop" % round(stopped - asked)
     seconds = round((_num(t.get("now")) or asked) - asked)
+    if power.get("kept_running"):
+        return ("Instance: %d s since the start request; LEFT RUNNING: job %s, which changes what is live, may still "
+                "run on it and a stop would cut it halfway. The next run waits for it; teardown.yml then stops the "
+                "instance" % (seconds, power["kept_running"]))
     if power.get("started_by_run") is False:
         return "Instance: %d s since the start request (left running: it was running before)" % seconds
     if (power.get("restore") or {}).get("state_before") == "stopped":

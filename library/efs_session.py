@@ -90,6 +90,14 @@ options:
     type: list
     elements: str
     default: []
+  release_timeout:
+    description:
+      - Seconds the step that changes what is live (the release, a rollback, a removal) may take, its own limit
+        whatever the pull left of O(remote_timeout). At it, async_wrapper kills the step, which the next run's
+        release repairs from its journal. A failure while it may still run leaves the instance running
+        (C(job_running) in the result).
+    type: int
+    default: 3600
   remote_timeout:
     description:
       - Seconds the whole operation may take on the instance. Every step but the mount runs detached
@@ -121,6 +129,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+job_running:
+  description: >-
+    After a failure, the job that changes what is live when it may still be running on the instance (its step,
+    module, job id and record): the playbooks then leave the instance running, and the next run waits for it.
+  returned: when a failure left such a job running or unknown
+  type: dict
 steps:
   description: >-
     Each step's module result (mount, prepare, pull, release (which also deletes the staging

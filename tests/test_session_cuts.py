@@ -108,3 +108,35 @@ def test_a_maximum_session_duration_shorter_than_the_remote_part(clab: Lab, tmp_
     assert len(pulls) == 1, pulls
     assert tree(clab.efs_path / dest) == tree(src)
     assert clab.supervisor()["instances"][clab.instance_id]["ec2_state"] == "stopped"
+
+
+RELEASE_POLL = r": reefguide-efs poll release;"
+
+
+def test_a_release_that_cannot_be_followed_keeps_the_instance_running_until_the_next_run(
+        clab: Lab, tmp_path: Path) -> None:
+    """Every poll of the release cut (ask_again gives up after 5): whether the release ended is unknown, so
+    the run fails saying so and leaves the instance running (a stop could cut the swap halfway); the next
+    run, a teardown, waits for the release's job, then stops the instance; the release did complete."""
+    src = make_src(tmp_path / "src")
+    dest = "data/reefguide/release-unfollowed"
+    clab.cut_sessions(*[(RELEASE_POLL, n) for n in range(1, 6)])
+    try:
+        out, rc, _pulls = stage(clab, src, dest)
+        cuts = clab.served_json("labd_port", "/lab/session-cuts")
+    finally:
+        clab.cut_sessions()
+    flat = " ".join(out.split())
+    assert rc != 0 and [c["fired"] for c in cuts["cuts"]] == [True] * 5, (cuts, out[-5000:])
+    assert re.search(r"Its job \(release, j\d+\.\d+\) may still be running on the instance: the instance is left "
+                     r"running so that it can finish", flat), flat[-5000:]
+    assert re.search(r"Instance: \d+ s since the start request; LEFT RUNNING: job j\d+\.\d+, which changes what is "
+                     r"live, may still run on it", flat), flat[-5000:]
+    assert clab.supervisor()["instances"][clab.instance_id]["ec2_state"] == "running"
+    jid = re.search(r"Its job \(release, (j\d+\.\d+)\)", flat).group(1)
+    records = clab.instance_exec(["ls", "/run/reefguide-efs/jobs"]).stdout.split()
+    assert "%s.json" % jid in records, records  # its record stays for the next run, which waits for it
+    down = run_playbook(clab.env, INVENTORY, "teardown.yml", *FAST_POLLS, timeout=900)
+    assert down.returncode == 0, down.stdout[-5000:]
+    assert clab.supervisor()["instances"][clab.instance_id]["ec2_state"] == "stopped"
+    assert tree(clab.efs_path / dest) == tree(src)

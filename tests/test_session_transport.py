@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +179,7 @@ def test_a_start_without_answer_is_followed_if_it_runs_and_started_again_only_if
     starts: list[str] = []
 
     class CutThenStarted(Probed):
-        def start_once(self, module: str, args: dict[str, Any], token: str) -> dict[str, Any]:
+        def start_once(self, module: str, args: dict[str, Any], token: str, deadline: float) -> dict[str, Any]:
             starts.append(token)
             if len(starts) == 1:
                 raise transport.SessionCut("the SSM session ended in the middle of a command")
@@ -187,14 +188,41 @@ def test_a_start_without_answer_is_followed_if_it_runs_and_started_again_only_if
     rec = d.start("pull", "s3_sync", {}, None)
     assert rec["jid"] == "j9.1" and len(starts) == 2 and starts[0] == starts[1] == rec["token"]
     class TmpDirSentTwice(CutThenStarted):  # ssm_retry sent the tmp directory's mkdir again: it exists
-        def start_once(self, module: str, args: dict[str, Any], token: str) -> dict[str, Any]:
+        def start_once(self, module: str, args: dict[str, Any], token: str, deadline: float) -> dict[str, Any]:
             if not starts:
                 starts.append(token)
                 raise AnsibleConnectionFailure("Failed to create temporary directory. ...")
-            return super().start_once(module, args, token)
+            return super().start_once(module, args, token, deadline)
     starts.clear()
     assert TmpDirSentTwice(["", ""]).start("pull", "s3_sync", {}, None)["jid"] == "j9.1" and len(starts) == 2
     claimed = CutThenStarted(["claimed\njob %s\n%s\nrunning\n" % (job, running), ""])
     starts.clear()
     rec = claimed.start("pull", "s3_sync", {}, None)
     assert len(starts) == 1 and rec["jid"] == "j42.7" and rec["results_file"] == job  # followed, not resent
+
+
+def test_the_release_has_a_limit_of_its_own_and_stays_known_as_running_when_it_cannot_be_followed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    budgets: list[float] = []
+
+    alive = "alive\n%s\n%s\n%s\n\n" % (detached.SEPARATOR, '{"started": true, "finished": false}', detached.SEPARATOR)
+
+    class Timed(Probed):
+        def start_once(self, module: str, args: dict[str, Any], token: str, deadline: float) -> dict[str, Any]:
+            budgets.append(deadline - time.time())
+            return {"ansible_job_id": "j7.1", "results_file": "/run/reefguide-efs/jobs/%s/j7.1" % token}
+
+        def shell(self, cmd: str, what: str = "", then: str = "") -> dict[str, Any]:
+            self.commands.append(cmd)  # every poll: it still runs
+            return {"stdout": alive if cmd.startswith(": reefguide-efs poll") else "", "rc": 0}
+
+    d = Timed([])
+    d.deadline = time.time() + 5  # the pull left 5 s of remote_timeout
+    d.start("release", "efs_release", {}, None, time.time() + 3600)
+    assert budgets[-1] > 3500  # async_wrapper's limit: the release's own, not the 5 s left
+    monkeypatch.setattr(detached.time, "sleep", lambda s: None)
+    with pytest.raises(AnsibleActionFail, match="release \\(efs_release\\) still running on the instance at its "
+                                                "time limit"):
+        d.run("release", "efs_release", {}, None, limit=0.05)
+    assert d.running and d.running["step"] == "release"  # a failure now leaves it running: not to be stopped under
+    assert d.commands[-1].startswith(": reefguide-efs poll release;")  # each poll names its step

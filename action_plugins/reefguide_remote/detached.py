@@ -145,6 +145,7 @@ class Detached:
         self.progress_file, self.run_id = progress_file, run_id
         self.polls = 0
         self.jobs: list[dict[str, Any]] = []
+        self.running: Optional[dict[str, Any]] = None  # the job being followed
 
     def shell(self, cmd: str, what: str = "a command on the instance",
               then: str = "nothing was concluded from it") -> dict[str, Any]:
@@ -159,12 +160,14 @@ class Detached:
         return ask_again(what, once, then=then)
 
     # -- start ------------------------------------------------------------------
-    def start(self, name: str, module: str, args: dict[str, Any], progress: Optional[str]) -> dict[str, Any]:
-        """Start module detached, once; the job's record, or the failed start's result (key "failed")."""
+    def start(self, name: str, module: str, args: dict[str, Any], progress: Optional[str],
+              deadline: Optional[float] = None) -> dict[str, Any]:
+        """Start module detached, once; the job's record, or the failed start's result (key "failed").
+        deadline: when async_wrapper kills it (default the remote part's)."""
         token = secrets.token_hex(8)
         for _ in range(START_ATTEMPTS):
             try:
-                started: Optional[dict[str, Any]] = self.start_once(module, args, token)
+                started: Optional[dict[str, Any]] = self.start_once(module, args, token, deadline or self.deadline)
             except AnsibleConnectionFailure as exc:
                 # a cut (SessionCut), or what follows one: aws_ssm's ssm_retry sends a command again
                 # after its read of the ended session fails, and the tmp directory's mkdir sent twice fails
@@ -184,10 +187,10 @@ class Detached:
         raise AnsibleActionFail("%s (%s) could not be started: the SSM session ended under its start %d times "
                                 "running; no job of it runs on the instance" % (name, module, START_ATTEMPTS))
 
-    def start_once(self, module: str, args: dict[str, Any], token: str) -> dict[str, Any]:
+    def start_once(self, module: str, args: dict[str, Any], token: str, deadline: float) -> dict[str, Any]:
         task, shell = self.action._task, self.action._connection._shell
         saved = task.async_val, shell.get_option("async_dir")
-        task.async_val = max(1, int(self.deadline - time.time()))  # async_wrapper kills it past the budget
+        task.async_val = max(1, int(deadline - time.time()))  # async_wrapper kills it past its budget
         shell.set_option("async_dir", claim_dir(token))  # the job file lands in the token's directory
         self.action.start_token = token  # efs_session guards the start's command with it
         try:
@@ -245,18 +248,21 @@ class Detached:
     def poll(self, job: dict[str, Any]) -> tuple[bool, Optional[dict[str, Any]], Optional[dict[str, Any]]]:
         # liveness first: a job file read after it is a result written before the process ended;
         # the final echo: the aws_ssm plugin drops the last line of a command's output unless it ends one
-        cmd = "if %s; then echo alive; fi; echo %s; cat %s 2>/dev/null; echo; echo %s; %s; echo" % (
-            alive_test(job["jid"]), SEPARATOR, shlex.quote(job["results_file"]), SEPARATOR,
-            "cat %s 2>/dev/null" % shlex.quote(job["progress_file"]) if job.get("progress_file") else "true")
+        # the ':' names the step polled: a no-op that the logs (and the lab's session cuts) can match
+        cmd = (": reefguide-efs poll %s; if %s; then echo alive; fi; echo %s; cat %s 2>/dev/null; echo; echo %s; "
+               "%s; echo") % (
+            shlex.quote(str(job.get("step"))), alive_test(job["jid"]), SEPARATOR, shlex.quote(job["results_file"]),
+            SEPARATOR, "cat %s 2>/dev/null" % shlex.quote(job["progress_file"]) if job.get("progress_file") else "true")
         self.polls += 1
         res = self.shell(cmd, "%s (%s): a poll of job %s" % (job.get("step"), job.get("module"), job["jid"]),
                          then="the job goes on on the instance and keeps its record %s: the next run waits "
                               "for it" % self.record_path(job))
         return parse_poll(res.get("stdout", ""))
 
-    def follow(self, job: dict[str, Any], show: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    def follow(self, job: dict[str, Any], show: Callable[[dict[str, Any]], None],
+               deadline: Optional[float] = None) -> dict[str, Any]:
         """Poll until the job ends: its module result (or a failure saying why there is none)."""
-        wait, shown = FIRST_POLL, 0.0
+        wait, shown, deadline = FIRST_POLL, 0.0, deadline or self.deadline
         while True:
             alive, job_file, progress = self.poll(job)
             if progress is not None and time.time() - shown >= self.poll_interval:
@@ -269,11 +275,11 @@ class Detached:
                 self.forget(job)
                 return {"failed": True, "msg": "it died on the instance without a result (job %s; killed, "
                                                "or the instance stopped)" % job["jid"]}
-            if time.time() >= self.deadline:
+            if time.time() >= deadline:
                 raise AnsibleActionFail(
-                    "%s (%s) still running on the instance after reefguide_remote_timeout (job %s, its record "
-                    "%s): the next run waits for it" % (job["step"], job["module"], job["jid"], self.record_path(job)))
-            time.sleep(min(wait, max(0.0, self.deadline - time.time())))
+                    "%s (%s) still running on the instance at its time limit (job %s, its record %s): the next "
+                    "run waits for it" % (job["step"], job["module"], job["jid"], self.record_path(job)))
+            time.sleep(min(wait, max(0.0, deadline - time.time())))
             wait = min(wait * 2, self.poll_interval)
 
     def forget(self, job: dict[str, Any]) -> None:
@@ -284,11 +290,19 @@ class Detached:
             cmd += "; rm -rf %s" % shlex.quote(claim_dir(job["token"]))  # the job's own directory
         self.shell(cmd, "%s: removing its job record" % job.get("step"))
 
-    def run(self, name: str, module: str, args: dict[str, Any], progress: Optional[str] = None) -> dict[str, Any]:
-        job = self.start(name, module, args, progress)
+    def run(self, name: str, module: str, args: dict[str, Any], progress: Optional[str] = None,
+            limit: Optional[float] = None) -> dict[str, Any]:
+        """Start and follow one step. limit: its own time budget in seconds (the release's), instead of
+        what is left of the remote part's. While it is followed, self.running is its job: a failure
+        then leaves it running, or at least unknown, on the instance."""
+        deadline = time.time() + limit if limit else None
+        job = self.start(name, module, args, progress, deadline)
         if "jid" not in job:
             return job
-        return self.follow(job, lambda p: self.show_progress(name, p))
+        self.running = job
+        result = self.follow(job, lambda p: self.show_progress(name, p), deadline)
+        self.running = None
+        return result
 
     def show_progress(self, name: str, progress: dict[str, Any]) -> None:
         """On the controller: a line in the task's output and the progress file (as the upload's)."""
