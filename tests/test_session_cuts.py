@@ -115,19 +115,21 @@ RELEASE_POLL = r": reefguide-efs poll release;"
 
 def test_a_release_that_cannot_be_followed_keeps_the_instance_running_until_the_next_run(
         clab: Lab, tmp_path: Path) -> None:
-    """Every poll of the release cut (ask_again gives up after 5): whether the release ended is unknown, so
+    """Every poll of the release cut: whether the release ended is unknown, so
     the run fails saying so and leaves the instance running (a stop could cut the swap halfway); the next
     run, a teardown, waits for the release's job, then stops the instance; the release did complete."""
     src = make_src(tmp_path / "src")
     dest = "data/reefguide/release-unfollowed"
-    clab.cut_sessions(*[(RELEASE_POLL, n) for n in range(1, 6)])
+    # more cuts than the run makes polls of it: aws_ssm's ssm_retry resends a cut command in a new
+    # session (cut again) and gives up with EIO, or ask_again gives up after 5 cuts; either ends it
+    clab.cut_sessions(*[(RELEASE_POLL, n) for n in range(1, 41)])
     try:
         out, rc, _pulls = stage(clab, src, dest)
         cuts = clab.served_json("labd_port", "/lab/session-cuts")
     finally:
         clab.cut_sessions()
     flat = " ".join(out.split())
-    assert rc != 0 and [c["fired"] for c in cuts["cuts"]] == [True] * 5, (cuts, out[-5000:])
+    assert rc != 0 and cuts["cuts"][0]["fired"] and not cuts["cuts"][-1]["fired"], (cuts, out[-5000:])
     assert re.search(r"Its job \(release, j\d+\.\d+\) may still be running on the instance: the instance is left "
                      r"running so that it can finish", flat), flat[-5000:]
     assert re.search(r"Instance: \d+ s since the start request; LEFT RUNNING: job j\d+\.\d+, which changes what is "
