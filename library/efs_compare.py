@@ -76,6 +76,7 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.reefguide.checksums import hash_file
+from ansible.module_utils.reefguide.detached_job import mark_began
 from ansible.module_utils.reefguide.layout import RELEASES_DIR, cache_inside, efs_root_problem
 from ansible.module_utils.reefguide.paths import safe_relpath
 from ansible.module_utils.reefguide.releases_store import nested_release_targets
@@ -126,6 +127,7 @@ def main() -> None:
                            mode=dict(type="str", default="replace", choices=["replace", "merge", "mirror"])),
         supports_check_mode=True,
     )
+    mark_began(module)  # before any work: a job lost before this is started again
     p = module.params
     problem = efs_root_problem(p["root"])
     if problem:

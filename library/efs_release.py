@@ -320,6 +320,7 @@ msg:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.reefguide.detached_job import mark_began
 from ansible.module_utils.reefguide.paths import UnsafePathError
 from ansible.module_utils.reefguide.release import (
     EFS_RELEASE_ARGS,
@@ -335,6 +336,7 @@ def main() -> None:
         required_if=EFS_RELEASE_REQUIRED_IF,
         supports_check_mode=True,
     )
+    mark_began(module)  # before any work: a job lost before this is started again
     try:
         result = run_efs_release(module, module.params, module.check_mode, module._diff)
     except (ReleaseError, UnsafePathError) as exc:

@@ -81,6 +81,7 @@ import os
 import shutil
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.reefguide.detached_job import mark_began
 from ansible.module_utils.reefguide.fs import clone
 from ansible.module_utils.reefguide.layout import RELEASES_DIR, efs_root_problem
 from ansible.module_utils.reefguide.paths import UnsafePathError, parents_within, safe_join, safe_relpath
@@ -101,6 +102,7 @@ def main() -> None:
         required_if=[("state", "present", ["target"])],
         supports_check_mode=True,
     )
+    mark_began(module)  # before any work: a job lost before this is started again
     p = module.params
     root = p["root"]
     problem = efs_root_problem(root, p["require_mount"])

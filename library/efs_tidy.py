@@ -110,6 +110,7 @@ import stat
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.reefguide.detached_job import mark_began
 from ansible.module_utils.reefguide.fs import FreedBytes, remove_tree
 from ansible.module_utils.reefguide.layout import (
     RELEASES_DIR,
@@ -217,6 +218,7 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
+    mark_began(module)  # before any work: a job lost before this is started again
     p = module.params
     root = p["root"]
     problem = efs_root_problem(root, p["require_mount"])

@@ -75,6 +75,7 @@ import time
 from typing import Optional
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.reefguide.detached_job import mark_began
 from ansible.module_utils.reefguide.fingerprint import Fingerprints
 from ansible.module_utils.reefguide.layout import cache_inside, efs_root_problem
 from ansible.module_utils.reefguide.paths import safe_relpath
@@ -126,6 +127,7 @@ def main() -> None:
                            fingerprint=dict(type="list", elements="str", default=[])),
         supports_check_mode=True,
     )
+    mark_began(module)  # before any work: a job lost before this is started again
     root = module.params["root"]
     problem = efs_root_problem(root)
     if problem:

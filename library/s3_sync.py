@@ -347,6 +347,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.reefguide.aws import AWS_COMMON_ARGS, describe_error, error_code, require_boto3
 from ansible.module_utils.reefguide.controller_watch import end_with
+from ansible.module_utils.reefguide.detached_job import mark_began
 from ansible.module_utils.reefguide.layout import RELEASES_DIR, is_mount_point
 from ansible.module_utils.reefguide.paths import UnsafePathError
 from ansible.module_utils.reefguide.releases_store import nested_release_targets
@@ -451,6 +452,7 @@ def diff_text(result: dict) -> str:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    mark_began(module)  # before any work: a job lost before this is started again
     require_boto3(module)
     p = module.params
     what = "%s of %s %s s3://%s/%s" % (

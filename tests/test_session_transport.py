@@ -104,7 +104,7 @@ def test_a_start_sent_twice_runs_once_and_the_second_finds_the_claim(tmp_path: P
 
 def test_a_torn_or_empty_poll_is_not_read_as_a_dead_job() -> None:
     # parse_poll alone still reads an empty output as "not alive": shell() never hands it one
-    assert detached.parse_poll("") == (False, None, None)
+    assert detached.parse_poll("") == (False, True, None, None)
     out = "alive\n%s\n{\"started\": true, \"finished\": false}\n%s\n{}\n" % (detached.SEPARATOR, detached.SEPARATOR)
     assert detached.parse_poll(out)[0] is True
 
@@ -226,3 +226,86 @@ def test_the_release_has_a_limit_of_its_own_and_stays_known_as_running_when_it_c
         d.run("release", "efs_release", {}, None, limit=0.05)
     assert d.running and d.running["step"] == "release"  # a failure now leaves it running: not to be stopped under
     assert d.commands[-1].startswith(": reefguide-efs poll release;")  # each poll names its step
+
+
+SLOW_DAEMONISE = """import os, time
+_setsid = os.setsid
+def _slow():  # async_wrapper's daemonisation, once, slower than the 2.5 s its first process waits
+    try:
+        os.unlink(%r)
+    except OSError:
+        return _setsid()
+    time.sleep(3)
+    return _setsid()
+os.setsid = _slow
+"""
+
+MODULE = """#!%s
+import json, sys
+sys.path.insert(0, %r)
+import detached_job
+detached_job.JOBS_DIR = %r
+class Module:
+    def fail_json(self, **kw):
+        print(json.dumps(dict(kw, failed=True))); sys.exit(1)
+detached_job.mark_began(Module())
+with open(%r, "a") as f:
+    f.write("ran\\n")
+print(json.dumps({"changed": True, "msg": "done"}))
+"""
+
+
+class OnThisMachine(detached.Detached):
+    """Detached with a real /bin/sh for the instance and ansible-core's real async_wrapper for its starts."""
+
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(action=None, deadline=time.time() + 120, poll_interval=0.5, progress_file=None, run_id="r1")
+        self.tmp = tmp
+        # a copy, as Ansible sends it: run where it lies, ansible/modules/tempfile.py would shadow the stdlib's
+        self.wrapper = tmp / "async_wrapper.py"
+        self.wrapper.write_bytes(Path(importlib.util.find_spec("ansible.modules.async_wrapper").origin).read_bytes())
+
+    def shell(self, cmd: str, what: str = "", then: str = "") -> dict[str, Any]:
+        return {"stdout": sh(cmd).stdout, "rc": 0}
+
+    def start_once(self, module: str, args: dict[str, Any], token: str, deadline: float) -> dict[str, Any]:
+        # as Ansible sends it: the job's directory in the environment, the interpreter, the wrapper, its limit
+        cmd = "ANSIBLE_ASYNC_DIR=%s PYTHONPATH=%s %s %s j%d 3 %s _ -preserve_tmp" % (
+            detached.claim_dir(token), self.tmp / "site", sys.executable, self.wrapper,
+            int.from_bytes(token.encode()[:5], "big"), self.tmp / "module-tmp-x" / "module.py")
+        return json.loads(sh(detached.guarded_start(cmd, token)).stdout)
+
+
+def test_a_job_async_wrapper_loses_before_its_module_began_is_started_again_and_runs_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ansible-core's async_wrapper returns "started" after waiting 2.5 s at most for its job; a job
+    slower to daemonise (a busy instance) then dies before its module runs, its job file saying
+    "started" forever. Nothing of it ran: it is started again, and its module runs once. A job whose
+    module began and then died is not started again."""
+    jobs, ran = tmp_path / "jobs", tmp_path / "ran"
+    monkeypatch.setattr(detached, "JOBS_DIR", str(jobs))
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SLOW_DAEMONISE % str(tmp_path / "slow-once"))
+    (tmp_path / "module-tmp-x").mkdir()
+    module = tmp_path / "module-tmp-x" / "module.py"
+    module.write_text(MODULE % (sys.executable, str(ROOT / "module_utils" / "reefguide"), str(jobs), str(ran)))
+    module.chmod(0o755)
+    (tmp_path / "slow-once").touch()
+    told: list[str] = []
+    monkeypatch.setattr(detached, "tell", told.append)
+    d = OnThisMachine(tmp_path)
+    result = d.run("pull", "s3_sync", {})
+    assert result.get("msg") == "done" and not result.get("failed"), result
+    assert ran.read_text() == "ran\n"  # the module ran once, in the second job
+    assert len(told) == 1 and re.match(r"pull: its job \(j\d+\.\d+\) ended before its module began: async_wrapper "
+                                       r"lost it .*; nothing of it ran, starting it again \(2 of 4\)", told[0]), told
+    assert [j["step"] for j in d.jobs] == ["pull", "pull"]
+    assert not [p for p in jobs.iterdir()], list(jobs.iterdir())  # both jobs' records and directories are gone
+
+    # a module that began and then died (killed mid-way) is not started again: the run fails saying so
+    began_then_died = Probed([
+        "", "", "%s\n%s\n%s\n\n" % ("", detached.SEPARATOR, detached.SEPARATOR)])
+    began_then_died.start_once = lambda module, args, token, deadline: {  # type: ignore[method-assign]
+        "ansible_job_id": "j5.1", "results_file": "%s/j5.1" % detached.claim_dir(token)}
+    res = began_then_died.run("pull", "s3_sync", {})
+    assert res["failed"] and "died on the instance without a result" in res["msg"] and len(began_then_died.jobs) == 1

@@ -36,9 +36,12 @@ from .transport import ask_again, before_end_marker, end_marker, tell, with_end_
 
 display = Display()
 
-JOBS_DIR = "/run/reefguide-efs/jobs"
 SEPARATOR = "--reefguide-efs-job--"
 FIRST_POLL = 0.25  # seconds; doubled after each poll up to the poll interval
+# the same as module_utils/reefguide/detached_job.py (an action plugin cannot import module_utils)
+JOBS_DIR = "/run/reefguide-efs/jobs"
+BEGAN = "began"  # a job's module leaves it in the job's directory before any work
+NEVER_BEGAN = "reefguide_efs_never_began"  # a followed job's result: its module never ran (started again)
 CLAIMED = "reefguide_efs_claimed"  # a start that found its token's directory taken answers this key
 START_ATTEMPTS = 4
 CLAIM_GRACE = 3.0  # seconds a claim may stay without a job file while async_wrapper forks
@@ -66,8 +69,8 @@ def alive_test(jid: str) -> str:
     return "grep -qsxz %s /proc/[0-9]*/cmdline" % shlex.quote("[%s]%s" % (base[0], base[1:]))
 
 
-def parse_poll(stdout: str) -> tuple[bool, Optional[dict[str, Any]], Optional[dict[str, Any]]]:
-    """(alive, job file, progress file) from a poll's output; None for what is missing or torn."""
+def parse_poll(stdout: str) -> tuple[bool, bool, Optional[dict[str, Any]], Optional[dict[str, Any]]]:
+    """(alive, began, job file, progress file) from a poll's output; None for what is missing or torn."""
     parts = (stdout or "").split(SEPARATOR)
     docs: list[Optional[dict[str, Any]]] = []
     for text in (parts[1:3] if len(parts) >= 3 else []):
@@ -78,7 +81,8 @@ def parse_poll(stdout: str) -> tuple[bool, Optional[dict[str, Any]], Optional[di
             docs.append(None)
     while len(docs) < 2:
         docs.append(None)
-    return parts[0].strip() == "alive", docs[0], docs[1]
+    said = parts[0].split()
+    return "alive" in said, "not-begun" not in said, docs[0], docs[1]
 
 
 def claim_dir(token: str) -> str:
@@ -245,14 +249,18 @@ class Detached:
         return "%s/%s.json" % (JOBS_DIR, job["jid"])
 
     # -- follow -----------------------------------------------------------------
-    def poll(self, job: dict[str, Any]) -> tuple[bool, Optional[dict[str, Any]], Optional[dict[str, Any]]]:
+    def poll(self, job: dict[str, Any]) -> tuple[bool, bool, Optional[dict[str, Any]], Optional[dict[str, Any]]]:
         # liveness first: a job file read after it is a result written before the process ended;
         # the final echo: the aws_ssm plugin drops the last line of a command's output unless it ends one
         # the ':' names the step polled: a no-op that the logs (and the lab's session cuts) can match
-        cmd = (": reefguide-efs poll %s; if %s; then echo alive; fi; echo %s; cat %s 2>/dev/null; echo; echo %s; "
+        # then whether its module began (a job of an earlier version, without a token, is taken as begun)
+        began = ("[ -e %s ] || echo not-begun; " % shlex.quote("%s/%s" % (claim_dir(job["token"]), BEGAN))
+                 if job.get("token") else "")
+        cmd = (": reefguide-efs poll %s; if %s; then echo alive; fi; %secho %s; cat %s 2>/dev/null; echo; echo %s; "
                "%s; echo") % (
-            shlex.quote(str(job.get("step"))), alive_test(job["jid"]), SEPARATOR, shlex.quote(job["results_file"]),
-            SEPARATOR, "cat %s 2>/dev/null" % shlex.quote(job["progress_file"]) if job.get("progress_file") else "true")
+            shlex.quote(str(job.get("step"))), alive_test(job["jid"]), began, SEPARATOR,
+            shlex.quote(job["results_file"]), SEPARATOR,
+            "cat %s 2>/dev/null" % shlex.quote(job["progress_file"]) if job.get("progress_file") else "true")
         self.polls += 1
         res = self.shell(cmd, "%s (%s): a poll of job %s" % (job.get("step"), job.get("module"), job["jid"]),
                          then="the job goes on on the instance and keeps its record %s: the next run waits "
@@ -264,13 +272,17 @@ class Detached:
         """Poll until the job ends: its module result (or a failure saying why there is none)."""
         wait, shown, deadline = FIRST_POLL, 0.0, deadline or self.deadline
         while True:
-            alive, job_file, progress = self.poll(job)
+            alive, began, job_file, progress = self.poll(job)
             if progress is not None and time.time() - shown >= self.poll_interval:
                 show(progress)
                 shown = time.time()
             if finished(job_file):
                 self.forget(job)
                 return as_result(job_file or {})
+            if not alive and not began:
+                self.forget(job)
+                return {"failed": True, NEVER_BEGAN: True, "msg": "its job (%s) ended before its module began: "
+                        "async_wrapper lost it while it daemonised (a busy instance)" % job["jid"]}
             if not alive:
                 self.forget(job)
                 return {"failed": True, "msg": "it died on the instance without a result (job %s; killed, "
@@ -296,12 +308,17 @@ class Detached:
         what is left of the remote part's. While it is followed, self.running is its job: a failure
         then leaves it running, or at least unknown, on the instance."""
         deadline = time.time() + limit if limit else None
-        job = self.start(name, module, args, progress, deadline)
-        if "jid" not in job:
-            return job
-        self.running = job
-        result = self.follow(job, lambda p: self.show_progress(name, p), deadline)
-        self.running = None
+        for attempt in range(1, START_ATTEMPTS + 1):
+            job = self.start(name, module, args, progress, deadline)
+            if "jid" not in job:
+                return job
+            self.running = job
+            result = self.follow(job, lambda p: self.show_progress(name, p), deadline)
+            self.running = None
+            if not result.get(NEVER_BEGAN) or attempt == START_ATTEMPTS:
+                return result
+            tell("%s: %s; nothing of it ran, starting it again (%d of %d)" % (name, result["msg"], attempt + 1,
+                                                                             START_ATTEMPTS))
         return result
 
     def show_progress(self, name: str, progress: dict[str, Any]) -> None:
@@ -336,7 +353,7 @@ class Detached:
         nothing is started twice on the same files. Returns the jobs waited for."""
         waited = []
         for job in self.earlier_jobs():
-            alive, job_file, _ = self.poll(job)
+            alive, _, job_file, _ = self.poll(job)
             if finished(job_file) or not alive:
                 self.forget(job)  # it ended (or died) while no run was watching
                 continue
