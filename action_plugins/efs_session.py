@@ -238,9 +238,9 @@ class ActionModule(ActionBase):
         self.detached = detached.Detached(self, time.time() + a["remote_timeout"], a["poll_interval"],
                                           a["progress_file"], a["run_id"] or "")
         try:
-            was_mounted = self.ensure_packages(a["install_packages"], root)
-            # a step a lost controller or session left running ends before this run touches its files
+            # a step a lost controller or session left running (an install too) ends before this run's own
             result["waited_for"] = self.detached.wait_for_earlier()
+            was_mounted = self.ensure_packages(a["install_packages"], root)
             # in check mode too: EFS is mounted (and unmounted again below) so the checked
             # steps can read it; they change nothing
             with self.for_real():
@@ -311,13 +311,16 @@ class ActionModule(ActionBase):
                                     "(dnf install -y python3-boto3) or set reefguide_install_packages: true" % python)
         cmd = ("if command -v dnf >/dev/null; then dnf install -y -q python3-boto3; "
                "else apt-get install -y -q python3-boto3; fi")
-        res = transport.ask_again("installing python3-boto3",
-                                  lambda: self._low_level_execute_command(cmd, sudoable=True))
-        self.steps["packages"] = {"changed": res.get("rc") == 0, "rc": res.get("rc"),
-                                  "msg": "installed python3-boto3" if res.get("rc") == 0 else res.get("stderr", "")}
-        if res.get("rc") != 0:
-            raise AnsibleActionFail("installing python3-boto3 on the instance failed: %s"
-                                    % (res.get("stderr") or res.get("stdout") or "rc=%s" % res.get("rc")))
+        # detached like every long step: a slow mirror must not outlast one SSM call (the call timeout)
+        # or a session; asked again after a loss, the install is idempotent
+        res = self.detached.run("packages", "ansible.legacy.command", {"_raw_params": cmd, "_uses_shell": True},
+                                marks_began=False)
+        ok = res.get("rc") == 0 and not res.get("failed")
+        self.steps["packages"] = {"changed": ok, "rc": res.get("rc"),
+                                  "msg": "installed python3-boto3" if ok else res.get("stderr") or res.get("msg", "")}
+        if not ok:
+            why = res.get("stderr") or res.get("stdout") or res.get("msg") or "rc=%s" % res.get("rc")
+            raise AnsibleActionFail("installing python3-boto3 on the instance failed: %s" % why)
         return was_mounted
 
     # -- operations -------------------------------------------------------------

@@ -245,6 +245,8 @@ def stage_summary(run: dict[str, Any]) -> list[str]:
     if upload:
         lines.append("Upload: %d files / %d bytes transferred, %d skipped" % (
             _files(upload, "transferred"), _bytes(upload, "transferred"), _files(upload, "skipped")))
+    if ((stage.get("steps") or {}).get("packages") or {}).get("changed"):
+        lines.append("Instance: its python lacked boto3; python3-boto3 was installed (once: later runs find it)")
     pull = stage.get("pull") or {}
     if pull:
         lines.append("Pull on the instance: %d files / %d bytes transferred, %d skipped, %d deleted" % (

@@ -48,12 +48,12 @@ def make_src(root: Path) -> Path:
     return root
 
 
-def stage(lab: Lab, src: Path, dest: str) -> tuple[str, int, set]:
+def stage(lab: Lab, src: Path, dest: str, *extra: str) -> tuple[str, int, set]:
     """(output, return code, the pull jobs seen running in the instance) of one stage."""
     watcher = PullWatcher(lab)
     try:
         run = run_playbook(lab.env, INVENTORY, "stage_data.yml", "-e", "src=%s" % src, "-e", "dest=%s" % dest,
-                           *FAST_POLLS, timeout=900)
+                           *FAST_POLLS, *extra, timeout=900)
     finally:
         most = watcher.done()
     out = run.stdout + run.stderr
@@ -142,3 +142,30 @@ def test_a_release_that_cannot_be_followed_keeps_the_instance_running_until_the_
     assert down.returncode == 0, down.stdout[-5000:]
     assert clab.supervisor()["instances"][clab.instance_id]["ec2_state"] == "stopped"
     assert tree(clab.efs_path / dest) == tree(src)
+
+
+def test_a_fresh_amazon_linux_python_gets_boto3_from_a_detached_install_longer_than_one_ssm_call(
+        clab: Lab, tmp_path: Path) -> None:
+    """Amazon Linux 2023's python3 (3.9) has no boto3 until `dnf install python3-boto3` (issue 24, §4).
+    The lab's python3-al2023 hides it until the lab's dnf, slowed past the call timeout, installs it:
+    the install runs detached and is followed like every long step; inline, the call would time out."""
+    src = make_src(tmp_path / "src")
+    dest = "data/reefguide/fresh-python"
+    state = clab.dir / "instances" / clab.instance_id / "home" / ".reefguide-lab"
+    if not state.parent.is_dir():  # the instance's disk is made at its first boot
+        clab.start_instance()
+        clab.stop_instance()
+    state.mkdir(mode=0o755, exist_ok=True)
+    (state / "dnf-seconds").write_text("20")
+    (state / "no-boto3").touch()
+    try:
+        out, rc, pulls = stage(clab, src, dest, "-e", "reefguide_instance_python=/usr/sbin/python3-al2023",
+                               "-e", "reefguide_ssm_call_timeout=12")
+    finally:
+        (state / "no-boto3").unlink(missing_ok=True)
+    assert rc == 0, out[-5000:]
+    assert not (state / "no-boto3").exists()  # the lab's dnf installed it, asked once
+    assert "Instance: its python lacked boto3; python3-boto3 was installed" in out, out[-5000:]
+    assert len(pulls) == 1, pulls
+    assert tree(clab.efs_path / dest) == tree(src)
+    assert clab.supervisor()["instances"][clab.instance_id]["ec2_state"] == "stopped"

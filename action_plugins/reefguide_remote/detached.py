@@ -165,9 +165,10 @@ class Detached:
 
     # -- start ------------------------------------------------------------------
     def start(self, name: str, module: str, args: dict[str, Any], progress: Optional[str],
-              deadline: Optional[float] = None) -> dict[str, Any]:
+              deadline: Optional[float] = None, marks_began: bool = True) -> dict[str, Any]:
         """Start module detached, once; the job's record, or the failed start's result (key "failed").
-        deadline: when async_wrapper kills it (default the remote part's)."""
+        deadline: when async_wrapper kills it (default the remote part's). marks_began: the module
+        leaves BEGAN (ours do; Ansible's own, e.g. command, do not: their jobs are taken as begun)."""
         token = secrets.token_hex(8)
         for _ in range(START_ATTEMPTS):
             try:
@@ -187,7 +188,7 @@ class Detached:
                 if found is None:
                     continue  # nothing of it runs: start it again
                 jid, results_file = os.path.basename(found), found
-            return self.record(name, module, progress, token, jid, results_file)
+            return self.record(name, module, progress, token, jid, results_file, marks_began)
         raise AnsibleActionFail("%s (%s) could not be started: the SSM session ended under its start %d times "
                                 "running; no job of it runs on the instance" % (name, module, START_ATTEMPTS))
 
@@ -235,9 +236,9 @@ class Detached:
             time.sleep(0.25)  # async_wrapper is between its fork and its job file
 
     def record(self, name: str, module: str, progress: Optional[str], token: str, jid: str,
-               results_file: str) -> dict[str, Any]:
+               results_file: str, marks_began: bool = True) -> dict[str, Any]:
         job = {"jid": jid, "results_file": results_file, "step": name, "module": module, "run_id": self.run_id,
-               "progress_file": progress, "token": token,
+               "progress_file": progress, "token": token, "marks_began": marks_began,
                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self.shell("printf '%%s' %s > %s" % (shlex.quote(json.dumps(job)), shlex.quote(self.record_path(job))),
                    "%s: writing its job record" % name)
@@ -253,9 +254,10 @@ class Detached:
         # liveness first: a job file read after it is a result written before the process ended;
         # the final echo: the aws_ssm plugin drops the last line of a command's output unless it ends one
         # the ':' names the step polled: a no-op that the logs (and the lab's session cuts) can match
-        # then whether its module began (a job of an earlier version, without a token, is taken as begun)
+        # then whether its module began (a job of an earlier version, without a token, or of a module
+        # that does not mark, is taken as begun)
         began = ("[ -e %s ] || echo not-begun; " % shlex.quote("%s/%s" % (claim_dir(job["token"]), BEGAN))
-                 if job.get("token") else "")
+                 if job.get("token") and job.get("marks_began", True) else "")
         cmd = (": reefguide-efs poll %s; if %s; then echo alive; fi; %secho %s; cat %s 2>/dev/null; echo; echo %s; "
                "%s; echo") % (
             shlex.quote(str(job.get("step"))), alive_test(job["jid"]), began, SEPARATOR,
@@ -303,13 +305,13 @@ class Detached:
         self.shell(cmd, "%s: removing its job record" % job.get("step"))
 
     def run(self, name: str, module: str, args: dict[str, Any], progress: Optional[str] = None,
-            limit: Optional[float] = None) -> dict[str, Any]:
+            limit: Optional[float] = None, marks_began: bool = True) -> dict[str, Any]:
         """Start and follow one step. limit: its own time budget in seconds (the release's), instead of
         what is left of the remote part's. While it is followed, self.running is its job: a failure
         then leaves it running, or at least unknown, on the instance."""
         deadline = time.time() + limit if limit else None
         for attempt in range(1, START_ATTEMPTS + 1):
-            job = self.start(name, module, args, progress, deadline)
+            job = self.start(name, module, args, progress, deadline, marks_began)
             if "jid" not in job:
                 return job
             self.running = job
