@@ -891,6 +891,7 @@ def test_access_denied_names_the_permission_problem(deny_all: Server, tmp_path: 
 def test_invalid_settings_are_refused_before_any_request(tmp_path: Path) -> None:
     for kwargs, text in (
         ({"part_size": MiB}, "at least 5 MiB"),
+        ({"part_size": 5 * 1024 * MiB + 1}, "at most 5 GiB"),
         ({"prefix": "a/../b"}, "contains '..'"),
         ({"concurrency": 0}, "between 1 and 256"),
     ):

@@ -18,6 +18,7 @@ MANIFEST_NAME = ".reefguide-manifest.json"
 DEFAULT_CONCURRENCY = 16
 DEFAULT_PART_SIZE = 16 * MiB
 MIN_PART_SIZE = 5 * MiB  # S3's floor for every part but the last
+MAX_PART_SIZE = 5 * 1024 * MiB  # S3's ceiling for a part (5 GiB)
 MAX_PARTS = 10000
 IN_MEMORY_MAX = 1 * MiB  # bodies up to this are read once and sent from memory
 BUFFER_SIZE = 1 * MiB  # streaming buffer per worker: memory ~ concurrency x this

@@ -10,6 +10,7 @@ from typing import Optional
 from ansible.module_utils.reefguide.sync_common import (
     DEFAULT_CONCURRENCY,
     DEFAULT_PART_SIZE,
+    MAX_PART_SIZE,
     MIN_PART_SIZE,
     SyncError,
 )
@@ -58,6 +59,8 @@ def validate_options(o: SyncOptions) -> None:
         raise SyncError("concurrency must be between 1 and 256, not %d" % o.concurrency)
     if o.part_size < MIN_PART_SIZE:
         raise SyncError("part_size must be at least 5 MiB (S3's minimum part size), not %d" % o.part_size)
+    if o.part_size > MAX_PART_SIZE:
+        raise SyncError("part_size must be at most 5 GiB (S3's maximum part size), not %d" % o.part_size)
     if o.sse not in (None, "AES256", "aws:kms"):
         raise SyncError("sse must be AES256, aws:kms or none, not %r" % o.sse)
     if sys.getfilesystemencoding().lower().replace("-", "") != "utf8":
