@@ -28,9 +28,9 @@ from ansible.utils.vars import merge_hash
 from ansible.vars.clean import remove_internal_keys
 
 PROFILE = "legacy"  # the serialization profile of every module in library/ (none declares another)
-# The AWS services the in-process modules call (deployment_info, deployment_lock, live_manifest,
-# mgmt_instance, s3_prefix): warm_aws_models parses their models before the workers fork.
-AWS_SERVICES = ("cloudformation", "ec2", "s3", "ssm")
+# The AWS services the in-process modules call (deployment_info, deployment_lock, ecs_workers,
+# live_manifest, mgmt_instance, s3_prefix): warm_aws_models parses their models before the workers fork.
+AWS_SERVICES = ("cloudformation", "ec2", "ecs", "s3", "ssm")
 
 
 def project_module_utils() -> None:

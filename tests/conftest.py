@@ -50,15 +50,15 @@ FULL_ONLY_FILES = {
 }
 
 
-# The longest files first (seconds of one process in a fresh-clone run, 2026-12-06). pytest-xdist
-# hands a file to a process as a whole (--dist loadfile), in collection order when scripts/test.sh
-# says --no-loadscope-reorder (by default it sorts files by their number of tests, which sent the
-# one-test property file out last, to run on alone at the end).
+# The longest files first (seconds of one process in a fresh-clone run at the machine's half speed,
+# 2026-12-07, s12b). pytest-xdist hands a file to a process as a whole (--dist loadfile), in
+# collection order when scripts/test.sh says --no-loadscope-reorder (by default it sorts files by
+# their number of tests, which sent the one-test property file out last, to run on alone at the end).
 LONGEST_FIRST = [
-    "test_live_record.py", "test_molecule.py", "test_interruptions.py", "test_workers.py",  # 370-220 s
-    "test_stage_reads.py", "test_live_record_property.py", "test_faults.py", "test_idle_timeout.py",
-    "test_load.py", "test_stage_playbook.py", "test_iam.py", "test_lock_heartbeat.py", "test_session_cuts.py",
-    "test_lab.py",  # 170-60 s
+    "test_interruptions.py", "test_live_record_property.py", "test_molecule.py", "test_live_record.py",  # 880-625 s
+    "test_workers.py", "test_stage_playbook.py", "test_stage_reads.py", "test_session_cuts.py", "test_load.py",
+    "test_faults.py", "test_idle_timeout.py", "test_iam.py", "test_lab.py", "test_bad_input.py",
+    "test_lock_heartbeat.py", "test_status.py",  # 385-90 s
 ]
 
 
