@@ -105,7 +105,8 @@ options:
   part_size:
     description:
       - Files larger than this move in parts of this size (multipart upload, ranged downloads).
-        Bytes, or a number with a binary unit such as C(16MiB) or C(64M). From C(5MiB) to C(5GiB), what S3 allows for a part.
+        Bytes, or a number with a binary unit such as C(16MiB) or C(64M).
+        From C(5MiB) to C(5GiB), what S3 allows for a part.
     type: str
     default: 16MiB
   sse:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import http.client
@@ -28,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
-from urllib.parse import quote, unquote_plus, urlsplit
+from urllib.parse import quote, unquote, unquote_plus, urlsplit
 from urllib.request import getproxies, proxy_bypass
 from xml.sax.saxutils import escape as xml_escape
 
@@ -104,6 +105,7 @@ class S3Client:
         self._generation = 0
         self._keys: dict[tuple[str, str, str], bytes] = {}
         self._ssl: Optional[ssl.SSLContext] = None
+        self.proxy_shown = ""  # the tunnel's proxy, without its password: for the messages
         self.stats_lock = threading.Lock()
         self.requests: dict[str, int] = {}
         self.retries = 0
@@ -137,6 +139,9 @@ class S3Client:
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
             cafile = os.environ.get("AWS_CA_BUNDLE")
+            if cafile and not os.path.isfile(cafile):
+                raise SyncError("AWS_CA_BUNDLE=%s: no such file; point it at the PEM file of the CA that signs "
+                                "your S3 endpoint's or proxy's certificates, or unset it" % cafile)
             if not cafile:
                 try:
                     from botocore.httpsession import get_cert_path
@@ -152,14 +157,26 @@ class S3Client:
             return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         proxy = getproxies().get("https")
         if proxy and not proxy_bypass(self.host):
-            # CONNECT tunnel through HTTPS_PROXY, as botocore would.
-            p = urlsplit(proxy if "://" in proxy else "http://" + proxy)
-            conn = http.client.HTTPSConnection(
-                p.hostname, p.port or 8080, timeout=self.timeout, context=self._ssl_context()
-            )
-            conn.set_tunnel(self.host, self.port)
-            return conn
+            return self._tunnel(proxy)
         return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self._ssl_context())
+
+    def _tunnel(self, proxy: str) -> http.client.HTTPSConnection:
+        """A CONNECT tunnel through HTTPS_PROXY, as botocore makes it: the proxy's user and password
+        (percent-encoded in its URL) sent as Proxy-Authorization, port 80 when the URL has none."""
+        p = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        shown = "%s://%s%s" % (p.scheme, p.hostname, ":%d" % p.port if p.port else "")  # never the password
+        if p.scheme != "http" or not p.hostname:
+            raise SyncError("HTTPS_PROXY %s: this engine reaches a proxy over plain HTTP (a CONNECT, then TLS to S3 "
+                            "inside the tunnel), as most proxies are reached; give the proxy's http:// address"
+                            % (shown if p.hostname else repr(proxy)))
+        self.proxy_shown = shown
+        headers = {}
+        if p.username is not None:
+            pair = "%s:%s" % (unquote(p.username), unquote(p.password or ""))
+            headers["Proxy-Authorization"] = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+        conn = http.client.HTTPSConnection(p.hostname, p.port or 80, timeout=self.timeout, context=self._ssl_context())
+        conn.set_tunnel(self.host, self.port, headers=headers)
+        return conn
 
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
@@ -349,6 +366,12 @@ class S3Client:
             ) from exc
         except (OSError, http.client.HTTPException) as exc:
             self.drop_connection()
+            refused = re.match(r"Tunnel connection failed: (4\d\d)\b", str(exc))
+            if refused:  # the proxy's own answer to the CONNECT: asking again changes nothing
+                raise SyncError("the proxy %s refused the tunnel to %s: %s; %s" % (
+                    self.proxy_shown or "(HTTPS_PROXY)", self.host, str(exc).split(": ", 1)[1],
+                    "give its user and password in HTTPS_PROXY (http://USER:PASSWORD@HOST:PORT, percent-encoded)"
+                    if refused.group(1) == "407" else "ask its administrator to allow this host")) from exc
             raise TransientError("%s %s: %s" % (op, self.url_for(key), exc or type(exc).__name__)) from exc
         rheaders = {k.lower(): v for k, v in resp.getheaders()}
         if resp.will_close:
