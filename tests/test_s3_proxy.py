@@ -153,5 +153,6 @@ def test_a_proxy_without_a_port_is_port_80_and_an_https_proxy_is_refused_before_
 
 def test_a_ca_bundle_that_is_not_there_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     use_proxy(monkeypatch, "http://proxy.corp.example:3128", tmp_path / "corp-ca.pem")
-    with pytest.raises(SyncError, match=r"AWS_CA_BUNDLE=.*corp-ca\.pem: no such file"):
+    with pytest.raises(SyncError, match=r"the CA bundle .*corp-ca\.pem \(AWS_CA_BUNDLE, or ca_bundle in the "
+                                        r"AWS config\): no such file"):
         S3Client("reefguide-transfer", CREDS, "ap-southeast-2")._new_connection()

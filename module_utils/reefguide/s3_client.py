@@ -35,6 +35,7 @@ from xml.sax.saxutils import escape as xml_escape
 
 from ansible.module_utils.reefguide.interrupt import Interrupted
 from ansible.module_utils.reefguide.s3_errors import RETRY_CODES, RetryBudget, S3Error, TransientError
+from ansible.module_utils.reefguide.s3_settings import S3Settings
 from ansible.module_utils.reefguide.sync_common import LocalFileError, SyncError, thread_buffer
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
@@ -93,8 +94,12 @@ class S3Client:
         endpoint_url: Optional[str] = None,
         max_attempts: int = 10,
         timeout: float = 60.0,
+        settings: Optional[S3Settings] = None,
     ):
         self.bucket = bucket
+        # FIPS and dual-stack endpoints, the CA bundle (s3_settings.py); default: the environment's
+        self.settings = settings if settings is not None else S3Settings(
+            ca_bundle=os.environ.get("AWS_CA_BUNDLE") or None)
         self.credentials = credentials
         self.custom_endpoint = bool(endpoint_url)
         self.endpoint_url = endpoint_url
@@ -124,8 +129,14 @@ class S3Client:
             scheme, host, port = parts.scheme or "https", parts.hostname or "", parts.port
             virtual = False
         else:
-            suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
-            scheme, host, port = "https", "s3.%s.%s" % (region, suffix), None
+            china = region.startswith("cn-")
+            if self.settings.fips and china:
+                raise SyncError("use_fips_endpoint is set, but S3 has no FIPS endpoint in %s (China regions have "
+                                "none): unset it (AWS_USE_FIPS_ENDPOINT, or use_fips_endpoint in the AWS config)"
+                                % region)
+            name = ("s3-fips" if self.settings.fips else "s3") + (".dualstack" if self.settings.dualstack else "")
+            suffix = "amazonaws.com.cn" if china else "amazonaws.com"
+            scheme, host, port = "https", "%s.%s.%s" % (name, region, suffix), None
             virtual = dns_compatible(self.bucket)
             if virtual:
                 host = "%s.%s" % (self.bucket, host)
@@ -138,10 +149,11 @@ class S3Client:
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
-            cafile = os.environ.get("AWS_CA_BUNDLE")
+            cafile = self.settings.ca_bundle
             if cafile and not os.path.isfile(cafile):
-                raise SyncError("AWS_CA_BUNDLE=%s: no such file; point it at the PEM file of the CA that signs "
-                                "your S3 endpoint's or proxy's certificates, or unset it" % cafile)
+                raise SyncError("the CA bundle %s (AWS_CA_BUNDLE, or ca_bundle in the AWS config): no such file; "
+                                "point it at the PEM file of the CA that signs your S3 endpoint's or proxy's "
+                                "certificates, or unset it" % cafile)
             if not cafile:
                 try:
                     from botocore.httpsession import get_cert_path

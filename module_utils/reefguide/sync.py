@@ -27,6 +27,7 @@ from ansible.module_utils.reefguide.manifest import RemoteObject, RemoteState, r
 from ansible.module_utils.reefguide.paths import human_bytes
 from ansible.module_utils.reefguide.progress import Progress
 from ansible.module_utils.reefguide.s3_client import S3Client
+from ansible.module_utils.reefguide.s3_settings import s3_settings
 from ansible.module_utils.reefguide.sync_common import SyncError, is_sha, normalise_prefix, parse_mtime_header
 from ansible.module_utils.reefguide.sync_options import SyncOptions, validate_options
 from ansible.module_utils.reefguide.sync_plan import Differ, Pair, Plan, known_verdict
@@ -74,17 +75,19 @@ class Sync(PushSync, PullSync):
         o = self.opts
         creds = self.credentials
         region = o.region
+        core = None  # a botocore session, when the run needs one for its credentials
         if creds is None:
             creds, region = environment_credentials(o.profile, region)
         if creds is None:
             from botocore.exceptions import NoCredentialsError
 
             session = aws_session(o.region, o.profile)
-            creds = session.get_credentials()
+            creds, core = session.get_credentials(), session._session
             if creds is None:
                 raise NoCredentialsError()
             region = region or session.region_name
-        return S3Client(o.bucket, creds, region, resolve_endpoint("s3", o.endpoint_url), o.max_attempts)
+        return S3Client(o.bucket, creds, region, resolve_endpoint("s3", o.endpoint_url), o.max_attempts,
+                        settings=s3_settings(core, o.profile))
 
     def _open_cache(self) -> None:
         o = self.opts
