@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import base64
+import calendar
+import email.utils
 import hashlib
 import hmac
 import http.client
@@ -111,6 +113,9 @@ class S3Client:
         self._keys: dict[tuple[str, str, str], bytes] = {}
         self._ssl: Optional[ssl.SSLContext] = None
         self.proxy_shown = ""  # the tunnel's proxy, without its password: for the messages
+        # seconds to add to this machine's clock when signing: S3's time minus ours, learnt from a
+        # RequestTimeTooSkewed (a clock 15 min off, common on laptops after sleep and on VMs)
+        self.clock_offset = 0.0
         self.stats_lock = threading.Lock()
         self.requests: dict[str, int] = {}
         self.retries = 0
@@ -272,7 +277,7 @@ class S3Client:
         """Adds host, x-amz-date, x-amz-content-sha256, the session token and
         Authorization to headers (lower-case names)."""
         frozen = self.credentials.get_frozen_credentials()
-        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() + self.clock_offset if now is None else now))
         day = amz_date[:8]
         headers["host"] = self.host_header
         headers["x-amz-date"] = amz_date
@@ -452,8 +457,28 @@ class S3Client:
                 500: "InternalError",
                 503: "SlowDown",
             }.get(status, "HTTP%d" % status)
+        if code == "RequestTimeTooSkewed":
+            self._learn_clock(data, headers)
         where = self.url_for(key)
         return S3Error(code, "%s (%s, HTTP %d)" % (message or code, where, status), status, op, headers)
+
+    def _learn_clock(self, data: bytes, headers: dict[str, str]) -> None:
+        """S3's time, from the error's ServerTime or the answer's Date: the retry is signed with it,
+        as botocore corrects its clock."""
+        server = None
+        try:
+            text = ET.fromstring(data).findtext("ServerTime") if data else None
+            if text:
+                server = calendar.timegm(time.strptime(text.split(".")[0].rstrip("Z"), "%Y-%m-%dT%H:%M:%S"))
+        except (ET.ParseError, ValueError):
+            server = None
+        if server is None and headers.get("date"):
+            try:
+                server = email.utils.parsedate_to_datetime(headers["date"]).timestamp()
+            except (TypeError, ValueError):
+                server = None
+        if server is not None:
+            self.clock_offset = server - time.time()
 
     def retriable(self, exc: BaseException) -> bool:
         if isinstance(exc, TransientError):
