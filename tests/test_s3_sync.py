@@ -852,6 +852,94 @@ def fault_proxy(moto: Server) -> Iterator[Callable[[Callable[[str, str, Any], bo
             server.server_close()
 
 
+
+class _ErrorIn200(http.server.BaseHTTPRequestHandler):
+    """Forwards to a real endpoint, except the first `times` requests `pick` matches: those get a 200
+    whose body is what `answer` makes of the request body (S3's errors inside a 200), unforwarded."""
+
+    target = ""
+    times = 1
+    pick: Callable[[str, str], bool] = staticmethod(lambda method, path: False)
+    answer: Callable[[bytes], bytes] = staticmethod(lambda body: b"")
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else None
+        cls = type(self)
+        if cls.times and self.pick(self.command, self.path):
+            cls.times -= 1
+            data = self.answer(body or b"")
+            answer_head(self, 200, [("content-type", "application/xml")], len(data))
+            self.wfile.write(data)
+            return
+        relay(self, self.target, body)
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def error_in_200(moto: Server) -> Iterator[Callable[..., Server]]:
+    servers = []
+
+    def start(pick: Callable[[str, str], bool], answer: Callable[[bytes], bytes], times: int = 1) -> Server:
+        handler = type("ErrorIn200", (_ErrorIn200,), {"target": moto.endpoint[len("http://"):], "times": times,
+                                                       "pick": staticmethod(pick), "answer": staticmethod(answer)})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return Server("error-in-200", "http://127.0.0.1:%d" % server.server_address[1])
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+def per_key_errors(code: str) -> Callable[[bytes], bytes]:
+    """A DeleteObjects answer that fails every key of the request with code."""
+    def answer(body: bytes) -> bytes:
+        import xml.etree.ElementTree as ET
+        names = [el.text or "" for el in ET.fromstring(body).iter() if el.tag.endswith("Key")]
+        return ("<DeleteResult>%s</DeleteResult>" % "".join(
+            "<Error><Key>%s</Key><Code>%s</Code><Message>per-key %s</Message></Error>" % (n, code, code)
+            for n in names)).encode()
+    return answer
+
+
+def test_errors_s3_reports_inside_a_200_are_retried_when_transient(
+        moto: Server, error_in_200: Callable[..., Server], tmp_path: Path) -> None:
+    """CompleteMultipartUpload and DeleteObjects can fail inside a 200 (issue 12): an InternalError
+    there is retried like a 500 (before: the upload was aborted and the push failed; the keys were
+    never sent again); a per-key AccessDenied still fails, naming the key."""
+    src = tmp_path / "src"
+    write(src / "big.bin", os.urandom(6 * MiB))
+    for i in range(4):
+        write(src / ("s%d" % i), b"small %d" % i)
+    bucket = moto.new_bucket()
+    complete = error_in_200(lambda method, path: method == "POST" and "uploadId=" in path,
+                            lambda body: b"<Error><Code>InternalError</Code><Message>We encountered an internal "
+                                         b"error. Please try again.</Message></Error>")
+    engine(complete, "push", src, bucket, part_size=5 * MiB)
+    assert moto.s3().head_object(Bucket=bucket, Key="data/big.bin")["ContentLength"] == 6 * MiB
+    assert moto.s3().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+    for i in range(2):
+        (src / ("s%d" % i)).unlink()
+    delete = error_in_200(lambda method, path: method == "POST" and "delete" in path, per_key_errors("InternalError"))
+    engine(delete, "push", src, bucket, mode="mirror")
+    assert "data/s0" not in keys(moto, bucket) and "data/s1" not in keys(moto, bucket)
+
+    (src / "s2").unlink()
+    denied = error_in_200(lambda method, path: method == "POST" and "delete" in path, per_key_errors("AccessDenied"))
+    with pytest.raises(Exception, match=r"AccessDenied.*s3://%s/data/s2" % bucket):
+        engine(denied, "push", src, bucket, mode="mirror")
+
+
 def test_a_failed_part_aborts_the_upload_and_removes_the_temporary(
     moto: Server, fault_proxy: Callable[..., Server], tmp_path: Path
 ) -> None:

@@ -573,31 +573,40 @@ class S3Client:
             if re.search(r"[\x00-\x1f]", k):
                 self.call("DeleteObject", "DELETE", k)
         for i in range(0, len(plain), 1000):
-            batch = plain[i : i + 1000]
-            body = (
-                "<Delete><Quiet>true</Quiet>"
-                + "".join("<Object><Key>%s</Key></Object>" % xml_escape(k) for k in batch)
-                + "</Delete>"
-            ).encode("utf-8")
-            md5 = _md5_b64(body)
-            resp = self.call(
-                "DeleteObjects",
-                "POST",
-                None,
-                query={"delete": ""},
-                headers={"content-md5": md5, "content-type": "application/xml"},
-                body=body,
-                payload_hash=hashlib.sha256(body).hexdigest(),
-            )
-            root = parse_xml(resp.data) if resp.data else None
-            if root is not None:
-                for err in root.iter("Error"):
-                    raise S3Error(
-                        err.findtext("Code") or "DeleteFailed",
-                        "%s (%s)" % (err.findtext("Message") or "", self.url_for(err.findtext("Key"))),
-                        200,
-                        "DeleteObjects",
-                    )
+            batch, attempt = plain[i : i + 1000], 1
+            while batch:
+                batch = self._delete_batch(batch, last=attempt >= self._attempts())
+                attempt += 1
+
+    def _delete_batch(self, batch: list[str], last: bool) -> list[str]:
+        """One DeleteObjects of up to 1000 keys: the keys S3 failed with a transient error (InternalError,
+        SlowDown, ...), to send again; any other per-key error (or the last attempt's) is raised."""
+        body = (
+            "<Delete><Quiet>true</Quiet>"
+            + "".join("<Object><Key>%s</Key></Object>" % xml_escape(k) for k in batch)
+            + "</Delete>"
+        ).encode("utf-8")
+        resp = self.call(
+            "DeleteObjects",
+            "POST",
+            None,
+            query={"delete": ""},
+            headers={"content-md5": _md5_b64(body), "content-type": "application/xml"},
+            body=body,
+            payload_hash=hashlib.sha256(body).hexdigest(),
+        )
+        again = []
+        for err in parse_xml(resp.data).iter("Error") if resp.data else ():
+            code, key = err.findtext("Code") or "DeleteFailed", err.findtext("Key") or ""
+            if code not in RETRY_CODES or last or not self.budget.take():
+                raise S3Error(code, "%s (%s)" % (err.findtext("Message") or "", self.url_for(key)), 200,
+                              "DeleteObjects")
+            again.append(key)
+        if again:
+            with self.stats_lock:
+                self.retries += 1
+            self._cancel_event.wait(random.uniform(0, 0.2))
+        return again
 
 
 def _md5_b64(data: bytes) -> str:

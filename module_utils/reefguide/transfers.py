@@ -190,23 +190,16 @@ class MultipartUpload:
                 )
                 + "</CompleteMultipartUpload>"
             ).encode("utf-8")
-            resp = client.call(
-                "CompleteMultipartUpload",
-                "POST",
-                self.key,
-                query={"uploadId": self.upload_id},
-                body=body,
-                payload_hash=hashlib.sha256(body).hexdigest(),
-            )
-            root = parse_xml(resp.data)
-            if root.tag == "Error":  # S3 can report failure in a 200
-                raise S3Error(
-                    root.findtext("Code") or "InternalError",
-                    root.findtext("Message") or "",
-                    500,
-                    "CompleteMultipartUpload",
-                )
-            etag = (root.findtext("ETag") or "").strip('"')
+            def complete_once() -> Any:
+                resp = client.send("CompleteMultipartUpload", "POST", self.key, query={"uploadId": self.upload_id},
+                                   body=body, payload_hash=hashlib.sha256(body).hexdigest())
+                root = parse_xml(resp.data)
+                if root.tag == "Error":  # S3 can report a failure in a 200: a 500, retried (as botocore does)
+                    raise S3Error(root.findtext("Code") or "InternalError", root.findtext("Message") or "", 500,
+                                  "CompleteMultipartUpload")
+                return root
+
+            etag = (client.retrying(complete_once).findtext("ETag") or "").strip('"')
         except BaseException:
             self._abort()
             raise
