@@ -36,7 +36,7 @@ from urllib.request import getproxies, proxy_bypass
 from xml.sax.saxutils import escape as xml_escape
 
 from ansible.module_utils.reefguide.interrupt import Interrupted
-from ansible.module_utils.reefguide.s3_errors import RETRY_CODES, RetryBudget, S3Error, TransientError
+from ansible.module_utils.reefguide.s3_errors import RETRY_CODES, RetryBudget, S3Error, TransientError, back_off
 from ansible.module_utils.reefguide.s3_settings import S3Settings
 from ansible.module_utils.reefguide.sync_common import LocalFileError, SyncError, thread_buffer
 
@@ -505,7 +505,7 @@ class S3Client:
                     raise
                 with self.stats_lock:
                     self.retries += 1
-                self._cancel_event.wait(random.uniform(0, min(20.0, 0.1 * (2**attempt))))
+                self._cancel_event.wait(back_off(exc, attempt))
 
     def _follow_region(self, exc: BaseException) -> bool:
         if self.custom_endpoint or not isinstance(exc, S3Error) or exc.status not in (301, 400):

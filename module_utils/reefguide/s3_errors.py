@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from typing import Optional
 
@@ -18,6 +19,27 @@ RETRY_CODES = {
     "RequestTimeTooSkewed",
     "ChecksumMismatch",
 }
+
+
+# S3 asking the client to slow down: backed off from a base ten times longer than a network error's
+THROTTLING_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
+
+
+def back_off(exc: BaseException, attempt: int) -> float:
+    """Seconds before the next attempt: jittered, doubling from 0.1 s (1 s when S3 throttles: a 503
+    SlowDown or a 429), at most 20 s; never less than what the answer asks (x-amz-retry-after, in
+    milliseconds, or Retry-After, in seconds)."""
+    throttled = isinstance(exc, S3Error) and (exc.code in THROTTLING_CODES or exc.status in (429, 503))
+    delay = random.uniform(0, min(20.0, (1.0 if throttled else 0.1) * (2 ** attempt)))
+    headers = getattr(exc, "headers", None) or {}
+    try:
+        if headers.get("x-amz-retry-after"):
+            delay = max(delay, min(60.0, int(headers["x-amz-retry-after"]) / 1000.0))
+        elif headers.get("retry-after"):
+            delay = max(delay, min(60.0, float(headers["retry-after"])))
+    except ValueError:
+        pass  # an unreadable hint: the back-off as it is
+    return delay
 
 
 class TransientError(Exception):

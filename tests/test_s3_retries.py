@@ -1,8 +1,10 @@
-"""A controller (or instance) clock off by more than 15 minutes (a laptop after sleep, a VM whose
-clock drifted): S3 answers RequestTimeTooSkewed to every request signed with it. The engine learns
-S3's time from that answer (its ServerTime, or the Date header) and signs the retry with it, as
-botocore corrects its clock, instead of retrying ten times with the same wrong time (issue 12). An
-S3 stand-in on loopback whose clock is an hour ahead of this machine's."""
+"""How the S3 engine retries what S3 refuses for a while (issue 12), against S3 stand-ins on loopback.
+
+A clock off by more than 15 minutes (a laptop after sleep, a VM whose clock drifted): S3 answers
+RequestTimeTooSkewed to every request signed with it. The engine learns S3's time from that answer
+(its ServerTime, or the Date header) and signs the retry with it, as botocore corrects its clock,
+instead of retrying ten times with the same wrong time. And a throttled request (503 SlowDown)
+waits longer than after a network error, and at least what S3's answer asks."""
 
 from __future__ import annotations
 
@@ -65,3 +67,44 @@ def test_a_clock_an_hour_off_is_corrected_from_s3s_answer_and_the_retry_succeeds
     assert len(offsets) == 2 and offsets[0] < -3000 and abs(offsets[1]) < 60, offsets  # one refusal, then in time
     assert abs(client.clock_offset - AHEAD) < 60
     assert list(client.list_objects("data/")) == [] and len(offsets) == 3  # later requests are signed in time
+
+
+class ThrottlingS3(http.server.BaseHTTPRequestHandler):
+    """503 SlowDown with a retry hint for the first two requests, then the listing."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.server.seen += 1  # type: ignore[attr-defined]
+        if self.server.seen <= 2:  # type: ignore[attr-defined]
+            body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            self.send_response(503)
+            name, value = self.server.hint  # type: ignore[attr-defined]
+            self.send_header(name, value)
+        else:
+            body = EMPTY_LISTING
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("hint, at_least", [(("x-amz-retry-after", "1500"), 1.5), (("Retry-After", "3"), 3.0)])
+def test_a_throttled_request_waits_at_least_what_s3_asks(hint: tuple[str, str], at_least: float) -> None:
+    """SlowDown/503 back off from a longer base than a network error, and never less than the answer's
+    own hint (x-amz-retry-after in milliseconds, Retry-After in seconds): the waits are recorded, not
+    slept."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ThrottlingS3)
+    server.seen, server.hint = 0, hint  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = S3Client("b", Credentials("AKIDEXAMPLE", "secret"), "ap-southeast-2",
+                          "http://127.0.0.1:%d" % server.server_address[1])
+        waits: list[float] = []
+        client._cancel_event.wait = lambda seconds: waits.append(seconds)  # type: ignore[method-assign]
+        assert list(client.list_objects("data/")) == []
+    finally:
+        server.shutdown()
+    assert server.seen == 3 and len(waits) == 2  # type: ignore[attr-defined]
+    assert all(at_least <= w <= 60 for w in waits), waits
