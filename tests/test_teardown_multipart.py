@@ -6,9 +6,11 @@ its summary; an upload elsewhere in the bucket is not its business."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 
-from helpers import ROOT, run_playbook
+from helpers import ROOT, VENV_BIN, ansible_env, run_playbook
 from lab import Lab
 
 INVENTORY = ROOT / "inventory" / "lab.yml"
@@ -54,3 +56,18 @@ def test_teardown_finds_and_aborts_a_left_multipart_upload(lab: Lab) -> None:
         assert lab.supervisor()["instances"][lab.instance_id]["ec2_state"] == "stopped"
     finally:
         lab.client("s3").abort_multipart_upload(Bucket=lab.bucket, Key=elsewhere, UploadId=other)
+
+
+def test_the_lifecycle_rule_the_readme_recommends_is_taken_by_s3_as_written(lab: Lab) -> None:
+    """README, AWS rights: the aws CLI command as written, with iam/transfer-bucket-lifecycle.json."""
+    put = subprocess.run([str(VENV_BIN / "aws"), "s3api", "put-bucket-lifecycle-configuration", "--bucket", lab.bucket,
+                          "--lifecycle-configuration", "file://iam/transfer-bucket-lifecycle.json"],
+                         cwd=ROOT, env=ansible_env(lab.env), capture_output=True, text=True)
+    s3 = lab.client("s3")
+    try:
+        assert put.returncode == 0, put.stderr
+        rules = s3.get_bucket_lifecycle_configuration(Bucket=lab.bucket)["Rules"]
+    finally:
+        s3.delete_bucket_lifecycle(Bucket=lab.bucket)
+    assert rules == json.loads((ROOT / "iam" / "transfer-bucket-lifecycle.json").read_text())["Rules"]
+    assert rules[0]["Filter"] == {"Prefix": "reefguide-efs/"}  # the project's uploads only
