@@ -9,12 +9,10 @@ what to give instead. A TLS S3 stand-in and an authenticating proxy run on loopb
 from __future__ import annotations
 
 import base64
-import http.server
 import select
 import socket
 import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -23,26 +21,19 @@ import pytest
 from ansible.module_utils.reefguide.s3_client import S3Client
 from ansible.module_utils.reefguide.sync_common import SyncError
 from botocore.credentials import Credentials
+from s3_stand_ins import EMPTY_LISTING, Quiet, serving, url
 
 USER, PASSWORD = "us@er", "p:ss w%rd"  # characters a proxy URL must percent-encode
 CREDS = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
-EMPTY_LISTING = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>b</Name><Prefix></Prefix>'
-                 b"<KeyCount>0</KeyCount><IsTruncated>false</IsTruncated></ListBucketResult>")
 
 
-class S3StandIn(http.server.BaseHTTPRequestHandler):
+class S3StandIn(Quiet):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         self.server.paths.append(self.path)  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(EMPTY_LISTING)))
-        self.end_headers()
-        self.wfile.write(EMPTY_LISTING)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.reply(200, EMPTY_LISTING)
 
 
-class Proxy(http.server.BaseHTTPRequestHandler):
+class Proxy(Quiet):
     """CONNECT only, with Basic authentication when the server has credentials."""
 
     def do_CONNECT(self) -> None:  # noqa: N802
@@ -71,13 +62,6 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                     return
                 (upstream if end is self.connection else self.connection).sendall(data)
 
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def serve(server: http.server.HTTPServer) -> None:
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-
 
 @pytest.fixture()
 def tls_s3(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
@@ -86,21 +70,10 @@ def tls_s3(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), S3StandIn)
-    server.paths = []  # type: ignore[attr-defined]
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(cert), str(key))
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    serve(server)
-    yield "https://127.0.0.1:%d" % server.server_address[1], cert, server.paths  # type: ignore[attr-defined]
-    server.shutdown()
-
-
-def proxy(wanted: str = "") -> tuple[http.server.HTTPServer, int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    server.seen, server.wanted = [], wanted  # type: ignore[attr-defined]
-    serve(server)
-    return server, server.server_address[1]
+    with serving(S3StandIn, tls=context, paths=[]) as server:
+        yield url(server, "https"), cert, server.paths  # type: ignore[attr-defined]
 
 
 def basic(user: str, password: str) -> str:
@@ -115,19 +88,26 @@ def use_proxy(monkeypatch: pytest.MonkeyPatch, url: str, ca: Optional[Path]) -> 
         monkeypatch.setenv("AWS_CA_BUNDLE", str(ca))
 
 
+@pytest.fixture()
+def proxy() -> Iterator[Any]:
+    """An authenticating CONNECT proxy on loopback; .seen: (target, Proxy-Authorization) of each CONNECT."""
+    with serving(Proxy, seen=[], wanted=basic(USER, PASSWORD)) as server:
+        yield server
+
+
 def test_the_tunnel_carries_the_proxys_credentials_and_a_refusal_is_said_at_once(
-        tls_s3: tuple[str, Path, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+        tls_s3: tuple[str, Path, list[str]], proxy: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     endpoint, ca, asked = tls_s3
-    server, port = proxy(wanted=basic(USER, PASSWORD))
+    server, port = proxy, proxy.server_address[1]
     encoded = "us%40er:p%3Ass%20w%25rd"
     use_proxy(monkeypatch, "http://%s@127.0.0.1:%d" % (encoded, port), ca)
     assert list(S3Client("b", CREDS, "ap-southeast-2", endpoint).list_objects("data/")) == []
     assert server.seen == [("127.0.0.1:%s" % endpoint.rsplit(":", 1)[1], basic(USER, PASSWORD))]  # type: ignore
     assert len(asked) == 1 and asked[0].startswith("/b?")  # the request went through the tunnel, over TLS
 
-    for url in ("http://127.0.0.1:%d" % port, "http://us%%40er:wrong@127.0.0.1:%d" % port):
-        server.seen.clear()  # type: ignore[attr-defined]
-        use_proxy(monkeypatch, url, ca)
+    for proxy_url in ("http://127.0.0.1:%d" % port, "http://us%%40er:wrong@127.0.0.1:%d" % port):
+        server.seen.clear()
+        use_proxy(monkeypatch, proxy_url, ca)
         with pytest.raises(SyncError) as refused:
             list(S3Client("b", CREDS, "ap-southeast-2", endpoint).list_objects("data/"))
         assert len(server.seen) == 1  # type: ignore[attr-defined]  # asked once: a 407 is not transient
@@ -135,7 +115,6 @@ def test_the_tunnel_carries_the_proxys_credentials_and_a_refusal_is_said_at_once
         assert ("the proxy http://127.0.0.1:%d refused the tunnel to 127.0.0.1: 407 Proxy Authentication Required; "
                 "give its user and password in HTTPS_PROXY" % port) in message, message
         assert "wrong" not in message  # never the password
-    server.shutdown()
 
 
 def test_a_proxy_without_a_port_is_port_80_and_an_https_proxy_is_refused_before_any_connection(

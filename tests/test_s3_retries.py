@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import calendar
 import email.utils
-import http.server
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,13 +17,12 @@ from typing import Any
 import pytest
 from ansible.module_utils.reefguide.s3_client import S3Client
 from botocore.credentials import Credentials
+from s3_stand_ins import EMPTY_LISTING, Quiet, serving, url
 
 AHEAD = 3600.0  # the stand-in's clock, against this machine's
-EMPTY_LISTING = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult><Name>b</Name>'
-                 b"<KeyCount>0</KeyCount><IsTruncated>false</IsTruncated></ListBucketResult>")
 
 
-class SkewedS3(http.server.BaseHTTPRequestHandler):
+class SkewedS3(Quiet):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         now = time.time() + AHEAD
         signed = calendar.timegm(time.strptime(self.headers["x-amz-date"], "%Y%m%dT%H%M%SZ"))
@@ -36,32 +33,20 @@ class SkewedS3(http.server.BaseHTTPRequestHandler):
                     % time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))).encode()
             if self.server.date_only:  # type: ignore[attr-defined]  # S3's time in the Date header alone
                 body = body.split(b"<ServerTime>")[0] + b"</Error>"
-            self.send_response(403)
-            self.send_header("Date", email.utils.formatdate(now, usegmt=True))
+            self.reply(403, body, ("Date", email.utils.formatdate(now, usegmt=True)))
         else:
-            body = EMPTY_LISTING
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+            self.reply(200, EMPTY_LISTING)
 
 
 @pytest.fixture(params=["ServerTime", "Date header"])
-def skewed(request: pytest.FixtureRequest) -> Iterator[http.server.HTTPServer]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SkewedS3)
-    server.dates, server.date_only = [], request.param == "Date header"  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
+def skewed(request: pytest.FixtureRequest) -> Iterator[Any]:
+    with serving(SkewedS3, dates=[], date_only=request.param == "Date header") as server:
+        yield server
 
 
 def test_a_clock_an_hour_off_is_corrected_from_s3s_answer_and_the_retry_succeeds(
-        skewed: http.server.HTTPServer) -> None:
-    client = S3Client("b", Credentials("AKIDEXAMPLE", "secret"), "ap-southeast-2",
-                      "http://127.0.0.1:%d" % skewed.server_address[1])
+        skewed: Any) -> None:
+    client = S3Client("b", Credentials("AKIDEXAMPLE", "secret"), "ap-southeast-2", url(skewed))
     assert list(client.list_objects("data/")) == []
     offsets = skewed.dates  # type: ignore[attr-defined]
     assert len(offsets) == 2 and offsets[0] < -3000 and abs(offsets[1]) < 60, offsets  # one refusal, then in time
@@ -69,25 +54,16 @@ def test_a_clock_an_hour_off_is_corrected_from_s3s_answer_and_the_retry_succeeds
     assert list(client.list_objects("data/")) == [] and len(offsets) == 3  # later requests are signed in time
 
 
-class ThrottlingS3(http.server.BaseHTTPRequestHandler):
+class ThrottlingS3(Quiet):
     """503 SlowDown with a retry hint for the first two requests, then the listing."""
 
     def do_GET(self) -> None:  # noqa: N802
         self.server.seen += 1  # type: ignore[attr-defined]
         if self.server.seen <= 2:  # type: ignore[attr-defined]
-            body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
-            self.send_response(503)
-            name, value = self.server.hint  # type: ignore[attr-defined]
-            self.send_header(name, value)
+            self.reply(503, b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
+                       self.server.hint)  # type: ignore[attr-defined]
         else:
-            body = EMPTY_LISTING
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+            self.reply(200, EMPTY_LISTING)
 
 
 @pytest.mark.parametrize("hint, at_least", [(("x-amz-retry-after", "1500"), 1.5), (("Retry-After", "3"), 3.0)])
@@ -95,16 +71,10 @@ def test_a_throttled_request_waits_at_least_what_s3_asks(hint: tuple[str, str], 
     """SlowDown/503 back off from a longer base than a network error, and never less than the answer's
     own hint (x-amz-retry-after in milliseconds, Retry-After in seconds): the waits are recorded, not
     slept."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ThrottlingS3)
-    server.seen, server.hint = 0, hint  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        client = S3Client("b", Credentials("AKIDEXAMPLE", "secret"), "ap-southeast-2",
-                          "http://127.0.0.1:%d" % server.server_address[1])
+    with serving(ThrottlingS3, seen=0, hint=hint) as server:
+        client = S3Client("b", Credentials("AKIDEXAMPLE", "secret"), "ap-southeast-2", url(server))
         waits: list[float] = []
         client._cancel_event.wait = lambda seconds: waits.append(seconds)  # type: ignore[method-assign]
         assert list(client.list_objects("data/")) == []
-    finally:
-        server.shutdown()
     assert server.seen == 3 and len(waits) == 2  # type: ignore[attr-defined]
     assert all(at_least <= w <= 60 for w in waits), waits

@@ -812,20 +812,19 @@ def relay(handler: http.server.BaseHTTPRequestHandler, target: str, body: Option
         handler.wfile.write(data)
 
 
-class _FaultProxy(http.server.BaseHTTPRequestHandler):
-    """Forwards to a real endpoint, except requests `fail` picks: those get
-    AccessDenied (not retried), deterministically."""
+class _Relay(http.server.BaseHTTPRequestHandler):
+    """Forwards each request to a real endpoint (target), unless intercept() answers it."""
 
     target = ""
-    fail: Callable[[str, str, Any], bool] = staticmethod(lambda method, path, headers: False)
+
+    def intercept(self, body: Optional[bytes]) -> bool:
+        return False
 
     def _handle(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else None
-        if self.fail(self.command, self.path, self.headers):
-            _DenyAll._denied(self)  # type: ignore[arg-type]  # the body was read above
-            return
-        relay(self, self.target, body)
+        if not self.intercept(body):
+            relay(self, self.target, body)
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
 
@@ -833,16 +832,29 @@ class _FaultProxy(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _FaultProxy(_Relay):
+    """Requests `fail` picks get AccessDenied (not retried), deterministically."""
+
+    fail: Callable[[str, str, Any], bool] = staticmethod(lambda method, path, headers: False)
+
+    def intercept(self, body: Optional[bytes]) -> bool:
+        if not self.fail(self.command, self.path, self.headers):
+            return False
+        _DenyAll._denied(self)  # type: ignore[arg-type]  # the body was read
+        return True
+
+
 @pytest.fixture
-def fault_proxy(moto: Server) -> Iterator[Callable[[Callable[[str, str, Any], bool]], Server]]:
+def moto_proxies(moto: Server) -> Iterator[Callable[..., Server]]:
+    """start(handler class, name, **its attributes): a loopback proxy in front of moto, shut down after the test."""
     servers = []
 
-    def start(fail: Callable[[str, str, Any], bool]) -> Server:
-        handler = type("Proxy", (_FaultProxy,), {"target": moto.endpoint[len("http://") :], "fail": staticmethod(fail)})
+    def start(base: type, name: str, **attrs: Any) -> Server:
+        handler = type(name, (base,), dict(attrs, target=moto.endpoint[len("http://"):]))
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
-        return Server("proxy", "http://127.0.0.1:%d" % server.server_address[1])
+        return Server(name, "http://127.0.0.1:%d" % server.server_address[1])
 
     try:
         yield start
@@ -852,52 +864,34 @@ def fault_proxy(moto: Server) -> Iterator[Callable[[Callable[[str, str, Any], bo
             server.server_close()
 
 
+@pytest.fixture
+def fault_proxy(moto_proxies: Callable[..., Server]) -> Callable[[Callable[[str, str, Any], bool]], Server]:
+    return lambda fail: moto_proxies(_FaultProxy, "proxy", fail=staticmethod(fail))
 
-class _ErrorIn200(http.server.BaseHTTPRequestHandler):
-    """Forwards to a real endpoint, except the first `times` requests `pick` matches: those get a 200
-    whose body is what `answer` makes of the request body (S3's errors inside a 200), unforwarded."""
 
-    target = ""
+class _ErrorIn200(_Relay):
+    """The first `times` requests `pick` matches get a 200 whose body is what `answer` makes of the
+    request body (S3's errors inside a 200), unforwarded."""
+
     times = 1
     pick: Callable[[str, str], bool] = staticmethod(lambda method, path: False)
     answer: Callable[[bytes], bytes] = staticmethod(lambda body: b"")
 
-    def _handle(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(length) if length else None
+    def intercept(self, body: Optional[bytes]) -> bool:
         cls = type(self)
-        if cls.times and self.pick(self.command, self.path):
-            cls.times -= 1
-            data = self.answer(body or b"")
-            answer_head(self, 200, [("content-type", "application/xml")], len(data))
-            self.wfile.write(data)
-            return
-        relay(self, self.target, body)
-
-    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        if not (cls.times and self.pick(self.command, self.path)):
+            return False
+        cls.times -= 1
+        data = self.answer(body or b"")
+        answer_head(self, 200, [("content-type", "application/xml")], len(data))
+        self.wfile.write(data)
+        return True
 
 
 @pytest.fixture
-def error_in_200(moto: Server) -> Iterator[Callable[..., Server]]:
-    servers = []
-
-    def start(pick: Callable[[str, str], bool], answer: Callable[[bytes], bytes], times: int = 1) -> Server:
-        handler = type("ErrorIn200", (_ErrorIn200,), {"target": moto.endpoint[len("http://"):], "times": times,
-                                                       "pick": staticmethod(pick), "answer": staticmethod(answer)})
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return Server("error-in-200", "http://127.0.0.1:%d" % server.server_address[1])
-
-    try:
-        yield start
-    finally:
-        for server in servers:
-            server.shutdown()
-            server.server_close()
+def error_in_200(moto_proxies: Callable[..., Server]) -> Callable[..., Server]:
+    return lambda pick, answer, times=1: moto_proxies(_ErrorIn200, "error-in-200", times=times,
+                                                      pick=staticmethod(pick), answer=staticmethod(answer))
 
 
 def per_key_errors(code: str) -> Callable[[bytes], bytes]:
