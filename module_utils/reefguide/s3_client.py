@@ -31,11 +31,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
-from urllib.parse import quote, unquote, unquote_plus, urlsplit
+from urllib.parse import quote, unquote_plus
 from urllib.request import getproxies, proxy_bypass
 from xml.sax.saxutils import escape as xml_escape
 
 from ansible.module_utils.reefguide.interrupt import Interrupted
+from ansible.module_utils.reefguide.s3_connect import endpoint_for, ssl_context, tunnel
 from ansible.module_utils.reefguide.s3_errors import RETRY_CODES, RetryBudget, S3Error, TransientError, back_off
 from ansible.module_utils.reefguide.s3_settings import S3Settings
 from ansible.module_utils.reefguide.sync_common import LocalFileError, SyncError, thread_buffer
@@ -71,10 +72,6 @@ def parse_xml(data: bytes) -> ET.Element:
         if el.tag[:1] == "{":
             el.tag = el.tag.split("}", 1)[1]
     return root
-
-
-def dns_compatible(bucket: str) -> bool:
-    return bool(re.match(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$", bucket))
 
 
 def canonical_query(query: Optional[dict[str, str]]) -> str:
@@ -129,44 +126,14 @@ class S3Client:
 
     def _set_endpoint(self, region: str) -> None:
         self.region = region
-        if self.custom_endpoint:
-            parts = urlsplit(self.endpoint_url)
-            scheme, host, port = parts.scheme or "https", parts.hostname or "", parts.port
-            virtual = False
-        else:
-            china = region.startswith("cn-")
-            if self.settings.fips and china:
-                raise SyncError("use_fips_endpoint is set, but S3 has no FIPS endpoint in %s (China regions have "
-                                "none): unset it (AWS_USE_FIPS_ENDPOINT, or use_fips_endpoint in the AWS config)"
-                                % region)
-            name = ("s3-fips" if self.settings.fips else "s3") + (".dualstack" if self.settings.dualstack else "")
-            suffix = "amazonaws.com.cn" if china else "amazonaws.com"
-            scheme, host, port = "https", "%s.%s.%s" % (name, region, suffix), None
-            virtual = dns_compatible(self.bucket)
-            if virtual:
-                host = "%s.%s" % (self.bucket, host)
-        self.scheme, self.host = scheme, host
-        self.port = port or (443 if scheme == "https" else 80)
-        shown = "[%s]" % host if ":" in host else host
-        self.host_header = shown if port is None else "%s:%d" % (shown, port)
-        self.base_path = "" if virtual else "/" + quote(self.bucket, safe="")
+        e = endpoint_for(self.bucket, region, self.endpoint_url, self.settings)
+        self.scheme, self.host, self.port, self.host_header, self.base_path = (
+            e.scheme, e.host, e.port, e.host_header, e.base_path)
         self._generation += 1
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
-            cafile = self.settings.ca_bundle
-            if cafile and not os.path.isfile(cafile):
-                raise SyncError("the CA bundle %s (AWS_CA_BUNDLE, or ca_bundle in the AWS config): no such file; "
-                                "point it at the PEM file of the CA that signs your S3 endpoint's or proxy's "
-                                "certificates, or unset it" % cafile)
-            if not cafile:
-                try:
-                    from botocore.httpsession import get_cert_path
-
-                    cafile = get_cert_path(True)
-                except Exception:  # pragma: no cover - very old botocore
-                    cafile = None
-            self._ssl = ssl.create_default_context(cafile=cafile if isinstance(cafile, str) else None)
+            self._ssl = ssl_context(self.settings.ca_bundle)
         return self._ssl
 
     def _new_connection(self) -> http.client.HTTPConnection:
@@ -174,26 +141,9 @@ class S3Client:
             return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         proxy = getproxies().get("https")
         if proxy and not proxy_bypass(self.host):
-            return self._tunnel(proxy)
+            conn, self.proxy_shown = tunnel(proxy, self.host, self.port, self.timeout, self._ssl_context())
+            return conn
         return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self._ssl_context())
-
-    def _tunnel(self, proxy: str) -> http.client.HTTPSConnection:
-        """A CONNECT tunnel through HTTPS_PROXY, as botocore makes it: the proxy's user and password
-        (percent-encoded in its URL) sent as Proxy-Authorization, port 80 when the URL has none."""
-        p = urlsplit(proxy if "://" in proxy else "http://" + proxy)
-        shown = "%s://%s%s" % (p.scheme, p.hostname, ":%d" % p.port if p.port else "")  # never the password
-        if p.scheme != "http" or not p.hostname:
-            raise SyncError("HTTPS_PROXY %s: this engine reaches a proxy over plain HTTP (a CONNECT, then TLS to S3 "
-                            "inside the tunnel), as most proxies are reached; give the proxy's http:// address"
-                            % (shown if p.hostname else repr(proxy)))
-        self.proxy_shown = shown
-        headers = {}
-        if p.username is not None:
-            pair = "%s:%s" % (unquote(p.username), unquote(p.password or ""))
-            headers["Proxy-Authorization"] = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
-        conn = http.client.HTTPSConnection(p.hostname, p.port or 80, timeout=self.timeout, context=self._ssl_context())
-        conn.set_tunnel(self.host, self.port, headers=headers)
-        return conn
 
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
@@ -610,7 +560,6 @@ class S3Client:
 
 
 def _md5_b64(data: bytes) -> str:
-    import base64
 
     try:
         digest = hashlib.md5(data, usedforsecurity=False).digest()  # type: ignore[call-arg]
