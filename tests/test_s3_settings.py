@@ -26,7 +26,8 @@ CREDS = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
 @pytest.fixture(autouse=True)
 def plain_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("AWS_USE_FIPS_ENDPOINT", "AWS_USE_DUALSTACK_ENDPOINT", "AWS_CA_BUNDLE", "AWS_PROFILE",
-                 "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+                 "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                 "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
@@ -84,3 +85,13 @@ def test_the_settings_come_from_the_environment_or_the_config_file(monkeypatch: 
     assert s3_settings(profile="corp") == S3Settings(dualstack=True)
     monkeypatch.setenv("AWS_USE_FIPS_ENDPOINT", "false")  # the environment wins over the file, as in botocore
     assert s3_settings() == S3Settings(fips=False, ca_bundle="/etc/corp-ca.pem")
+    monkeypatch.delenv("AWS_USE_FIPS_ENDPOINT")
+    # an endpoint_url of the config file (a profile's own, or its services section's s3), as boto3 takes it
+    config.write_text("[default]\nservices = corp-s3\n\n[services corp-s3]\ns3 =\n  endpoint_url = http://127.0.0.1:9000\n\n"
+                      "[profile other]\nendpoint_url = https://global.example.internal\n")
+    assert s3_settings().endpoint_url == "http://127.0.0.1:9000"
+    assert s3_settings(profile="other").endpoint_url == "https://global.example.internal"
+    assert boto3.session.Session(profile_name="other", region_name="us-east-1").client(
+        "s3").meta.endpoint_url == "https://global.example.internal"  # what boto3 itself reaches
+    monkeypatch.setenv("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")
+    assert s3_settings().endpoint_url is None

@@ -1,6 +1,7 @@
 # What the S3 engine takes from the AWS configuration besides credentials and region, as boto3 and
 # the aws CLI do, so that the transfers reach the endpoint the control-plane calls reach: FIPS and
-# dual-stack endpoints, and the CA bundle. The environment is read directly; the config file
+# dual-stack endpoints, an endpoint_url of the config file (a profile's, or its services section's
+# s3), and the CA bundle. The environment is read directly; the config file
 # (AWS_CONFIG_FILE, or ~/.aws/config) through botocore, and only when it names one of these settings,
 # so a plain configuration keeps the engine's fast path (no botocore import on the instance).
 
@@ -10,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
-SETTINGS = ("use_fips_endpoint", "use_dualstack_endpoint", "ca_bundle")
+SETTINGS = ("use_fips_endpoint", "use_dualstack_endpoint", "ca_bundle", "endpoint_url", "services")
 
 
 @dataclass
@@ -18,6 +19,7 @@ class S3Settings:
     fips: bool = False
     dualstack: bool = False
     ca_bundle: Optional[str] = None
+    endpoint_url: Optional[str] = None  # the config file's, for S3 (the environment's: aws.resolve_endpoint)
 
 
 def _true(value: Any) -> bool:
@@ -50,4 +52,20 @@ def s3_settings(botocore_session: Any = None, profile: Optional[str] = None) -> 
         fips=_true(botocore_session.get_config_variable("use_fips_endpoint")),
         dualstack=_true(botocore_session.get_config_variable("use_dualstack_endpoint"))
         or _true(scoped_s3.get("use_dualstack_endpoint")),
-        ca_bundle=botocore_session.get_config_variable("ca_bundle") or None)
+        ca_bundle=botocore_session.get_config_variable("ca_bundle") or None,
+        endpoint_url=configured_endpoint(botocore_session))
+
+
+def configured_endpoint(botocore_session: Any) -> Optional[str]:
+    """S3's endpoint_url from the config file (or AWS_ENDPOINT_URL[_S3]), as botocore resolves it;
+    None when there is none, when ignore_configured_endpoint_urls is set, or with a botocore older
+    than 1.31 (which has no configured endpoints: the instance's python3-boto3 may be)."""
+    if _true(botocore_session.get_config_variable("ignore_configured_endpoint_urls")):
+        return None
+    try:
+        from botocore.configprovider import ConfiguredEndpointProvider
+    except ImportError:
+        return None
+    return ConfiguredEndpointProvider(full_config=botocore_session.full_config,
+                                      scoped_config=botocore_session.get_scoped_config(),
+                                      client_name="s3", environ=os.environ).provide() or None

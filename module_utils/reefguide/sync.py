@@ -86,8 +86,9 @@ class Sync(PushSync, PullSync):
             if creds is None:
                 raise NoCredentialsError()
             region = region or session.region_name
-        return S3Client(o.bucket, creds, region, resolve_endpoint("s3", o.endpoint_url), o.max_attempts,
-                        settings=s3_settings(core, o.profile))
+        settings = s3_settings(core, o.profile)
+        endpoint = resolve_endpoint("s3", o.endpoint_url) or settings.endpoint_url
+        return S3Client(o.bucket, creds, region, endpoint, o.max_attempts, settings=settings)
 
     def _open_cache(self) -> None:
         o = self.opts
