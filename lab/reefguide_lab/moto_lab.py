@@ -14,7 +14,7 @@ moto 5's ECS tasks differ from AWS's where the worker stand-ins and ecs_workers 
 - an instance keeps its first LaunchTime across stops; EC2 sets it at every start from stopped;
 - an EFS file system's SizeInBytes is always 0; EFS meters what the file system holds (the lab's
   storage for it: its files' sizes, all in Standard, as of the call).
-This wrapper makes moto answer as AWS does on those three points, and nothing else.
+This wrapper makes moto answer as AWS does on those points, and nothing else.
 
     python -m reefguide_lab.moto_lab [--iam] -H 127.0.0.1 -p PORT   (then moto_server's arguments)
 """

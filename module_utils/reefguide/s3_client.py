@@ -20,7 +20,6 @@ import hashlib
 import hmac
 import http.client
 import os
-import random
 import re
 import socket
 import ssl
@@ -38,7 +37,7 @@ from xml.sax.saxutils import escape as xml_escape
 from ansible.module_utils.reefguide.interrupt import Interrupted
 from ansible.module_utils.reefguide.s3_connect import endpoint_for, ssl_context, tunnel
 from ansible.module_utils.reefguide.s3_errors import RETRY_CODES, RetryBudget, S3Error, TransientError, back_off
-from ansible.module_utils.reefguide.s3_settings import S3Settings
+from ansible.module_utils.reefguide.s3_settings import S3Settings, environment_settings
 from ansible.module_utils.reefguide.sync_common import LocalFileError, SyncError, thread_buffer
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
@@ -97,8 +96,7 @@ class S3Client:
     ):
         self.bucket = bucket
         # FIPS and dual-stack endpoints, the CA bundle (s3_settings.py); default: the environment's
-        self.settings = settings if settings is not None else S3Settings(
-            ca_bundle=os.environ.get("AWS_CA_BUNDLE") or None)
+        self.settings = settings if settings is not None else environment_settings()
         self.credentials = credentials
         self.custom_endpoint = bool(endpoint_url)
         self.endpoint_url = endpoint_url
@@ -523,40 +521,35 @@ class S3Client:
             if re.search(r"[\x00-\x1f]", k):
                 self.call("DeleteObject", "DELETE", k)
         for i in range(0, len(plain), 1000):
-            batch, attempt = plain[i : i + 1000], 1
-            while batch:
-                batch = self._delete_batch(batch, last=attempt >= self._attempts())
-                attempt += 1
+            self._delete_batch(plain[i : i + 1000])
 
-    def _delete_batch(self, batch: list[str], last: bool) -> list[str]:
-        """One DeleteObjects of up to 1000 keys: the keys S3 failed with a transient error (InternalError,
-        SlowDown, ...), to send again; any other per-key error (or the last attempt's) is raised."""
-        body = (
-            "<Delete><Quiet>true</Quiet>"
-            + "".join("<Object><Key>%s</Key></Object>" % xml_escape(k) for k in batch)
-            + "</Delete>"
-        ).encode("utf-8")
-        resp = self.call(
-            "DeleteObjects",
-            "POST",
-            None,
-            query={"delete": ""},
-            headers={"content-md5": _md5_b64(body), "content-type": "application/xml"},
-            body=body,
-            payload_hash=hashlib.sha256(body).hexdigest(),
-        )
-        again = []
-        for err in parse_xml(resp.data).iter("Error") if resp.data else ():
-            code, key = err.findtext("Code") or "DeleteFailed", err.findtext("Key") or ""
-            if code not in RETRY_CODES or last or not self.budget.take():
-                raise S3Error(code, "%s (%s)" % (err.findtext("Message") or "", self.url_for(key)), 200,
-                              "DeleteObjects")
-            again.append(key)
-        if again:
-            with self.stats_lock:
-                self.retries += 1
-            self._cancel_event.wait(random.uniform(0, 0.2))
-        return again
+    def _delete_batch(self, batch: list[str]) -> None:
+        """One DeleteObjects of up to 1000 keys, retried as any call is (attempts, budget, back-off). S3 can
+        fail keys inside its 200: the keys failed with a transient error (InternalError, SlowDown, ...) go
+        again, alone; any other per-key error is raised at once, naming its key."""
+        pending = list(batch)
+
+        def once() -> None:
+            nonlocal pending
+            body = (
+                "<Delete><Quiet>true</Quiet>"
+                + "".join("<Object><Key>%s</Key></Object>" % xml_escape(k) for k in pending)
+                + "</Delete>"
+            ).encode("utf-8")
+            resp = self.send("DeleteObjects", "POST", None, query={"delete": ""},
+                             headers={"content-md5": _md5_b64(body), "content-type": "application/xml"},
+                             body=body, payload_hash=hashlib.sha256(body).hexdigest())
+            failed = [(e.findtext("Code") or "DeleteFailed", e.findtext("Key") or "", e.findtext("Message") or "")
+                      for e in (parse_xml(resp.data).iter("Error") if resp.data else ())]
+            if not failed:
+                return
+            lasting = [f for f in failed if f[0] not in RETRY_CODES]
+            code, key, message = (lasting or failed)[0]
+            if not lasting:
+                pending = [k for _, k, _ in failed]  # sent again by retrying(), as a 500 is
+            raise S3Error(code, "%s (%s)" % (message, self.url_for(key)), 200 if lasting else 500, "DeleteObjects")
+
+        self.retrying(once)
 
 
 def _md5_b64(data: bytes) -> str:

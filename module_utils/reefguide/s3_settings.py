@@ -35,6 +35,14 @@ def _config_file_names_one(path: str) -> bool:
     return any(name in text for name in SETTINGS)
 
 
+def environment_settings() -> S3Settings:
+    """The settings from the environment alone (no config file, no botocore)."""
+    env = os.environ
+    return S3Settings(fips=_true(env.get("AWS_USE_FIPS_ENDPOINT")),
+                      dualstack=_true(env.get("AWS_USE_DUALSTACK_ENDPOINT")),
+                      ca_bundle=env.get("AWS_CA_BUNDLE") or None)
+
+
 def s3_settings(botocore_session: Any = None, profile: Optional[str] = None) -> S3Settings:
     """The settings for a run: from botocore_session when given (the run has one already), else from
     the environment, or from a botocore session of profile when the config file names a setting."""
@@ -44,9 +52,7 @@ def s3_settings(botocore_session: Any = None, profile: Optional[str] = None) -> 
 
         botocore_session = aws_session(None, profile)._session
     if botocore_session is None:
-        return S3Settings(fips=_true(env.get("AWS_USE_FIPS_ENDPOINT")),
-                          dualstack=_true(env.get("AWS_USE_DUALSTACK_ENDPOINT")),
-                          ca_bundle=env.get("AWS_CA_BUNDLE") or None)
+        return environment_settings()
     scoped_s3 = (botocore_session.get_scoped_config() or {}).get("s3") or {}
     return S3Settings(
         fips=_true(botocore_session.get_config_variable("use_fips_endpoint")),
