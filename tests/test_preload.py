@@ -1,6 +1,8 @@
 """callback_plugins/reefguide_preload.py parses the modules sent to the instance once per run, in
 ansible-playbook before the workers fork: the payloads built from those parses are the same,
-byte for byte, and a file edited since is parsed anew."""
+byte for byte, and a file edited since is parsed anew. The payloads carry each module_utils file
+compiled too: Python of the controller's version imports the compiled files, any other the
+sources, which are the same as without."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import datetime
 import hashlib
 import importlib.util
 import io
+import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -25,6 +29,7 @@ def preload(monkeypatch):
     from ansible.utils.collection_loader._collection_finder import _AnsibleCollectionFinder
 
     monkeypatch.setattr(module_common, "_compile_module_ast", module_common._compile_module_ast)
+    monkeypatch.setattr(module_common, "recursive_finder", module_common.recursive_finder)
     _AnsibleCollectionFinder()._install()
     module_utils_loader.add_directory(str(ROOT / "module_utils"))
     path = ROOT / "callback_plugins" / "reefguide_preload.py"
@@ -35,17 +40,30 @@ def preload(monkeypatch):
     _AnsibleCollectionFinder._remove()
 
 
-def payload(name: str) -> dict[str, str]:
-    """What Ansible zips for library/<name>.py: each file's name and SHA-256."""
+def payload_zip(name: str) -> bytes:
+    """What Ansible zips for library/<name>.py besides the module itself."""
     from ansible._internal._ansiballz import _builder
 
     out = io.BytesIO()
     source = (ROOT / "library" / (name + ".py")).read_bytes()
-    with zipfile.ZipFile(out, mode="w") as zf:
+    with zipfile.ZipFile(out, mode="w", compression=zipfile.ZIP_DEFLATED) as zf:
         module_common.recursive_finder(name, "ansible.legacy." + name, source, zf, datetime.datetime(2026, 1, 1),
                                        _builder.ExtensionManager.create(task_vars={}))
-    with zipfile.ZipFile(out) as zf:
+    return out.getvalue()
+
+
+def payload(name: str) -> dict[str, str]:
+    """What Ansible zips for library/<name>.py: each file's name and SHA-256."""
+    with zipfile.ZipFile(io.BytesIO(payload_zip(name))) as zf:
         return {n: hashlib.sha256(zf.read(n)).hexdigest() for n in zf.namelist()}
+
+
+def imported_from(zip_path, *modules: str) -> list[str]:
+    """The files a fresh Python (this one, no site-packages) imports modules from, with only the zip on its path."""
+    code = "import sys; sys.path.insert(0, %r)\nfor m in %r: __import__(m); print(sys.modules[m].__file__)" % (
+        str(zip_path), modules)
+    out = subprocess.run([sys.executable, "-S", "-I", "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.split()
 
 
 def test_payloads_built_from_the_parses_made_before_the_fork_are_the_same(preload, monkeypatch):
@@ -70,3 +88,28 @@ def test_a_file_is_parsed_once_and_an_edited_one_again(preload):
     assert [a.name for node in ast.walk(edited) if isinstance(node, ast.Import) for a in node.names] == ["json"]
     assert preload._parse_module_ast_once(), "installed twice"
     assert module_common._compile_module_ast is parse
+
+
+def test_payloads_carry_each_file_compiled_which_this_python_takes_and_another_skips(preload, tmp_path):
+    usual = payload("s3_sync")
+    assert preload._send_bytecode_too()
+    assert preload._send_bytecode_too(), "installed twice"
+    both = payload("s3_sync")
+    # the same sources, and beside each its compiled form
+    assert {n: h for n, h in both.items() if not n.endswith(".pyc")} == usual
+    assert {n + "c" for n in usual} == {n for n in both if n.endswith(".pyc")}
+    wanted = ("ansible.module_utils.basic", "ansible.module_utils.reefguide.sync_pull")
+    compiled = tmp_path / "compiled.zip"
+    compiled.write_bytes(payload_zip("s3_sync"))
+    assert all(f.endswith(".pyc") for f in imported_from(compiled, *wanted))
+    # a Python of another version finds another magic number in each .pyc and compiles the source
+    other = tmp_path / "other-python.zip"
+    with zipfile.ZipFile(compiled) as src, zipfile.ZipFile(other, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info, (b"\0\0\r\n" + data[4:]) if info.filename.endswith(".pyc") else data)
+    assert all(f.endswith(".py") for f in imported_from(other, *wanted))
+    # each file is compiled once per run, whatever module's payload takes it
+    before = len(module_common.recursive_finder.compiled)
+    payload("efs_release")
+    assert len(module_common.recursive_finder.compiled) < before + 10

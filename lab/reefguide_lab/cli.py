@@ -78,7 +78,8 @@ def wait_http(url: str, timeout: float, pid: int, name: str) -> None:
     raise LabError("%s did not answer on %s within %d s" % (name, url, timeout))
 
 
-def check_prerequisites() -> None:
+def check_prerequisites() -> str:
+    """Raises what the lab lacks; returns the version of the instance's python (e.g. '3.11')."""
     if os.geteuid() != 0:
         raise LabError("the lab needs root (it creates mount and PID namespaces for the instance); "
                        "run it as root, e.g. in CI or a VM")
@@ -86,9 +87,11 @@ def check_prerequisites() -> None:
                       ("curl", "curl"), ("runuser", "util-linux")):
         if not shutil.which(tool):
             raise LabError("%s is missing: apt-get install -y %s (make setup does it)" % (tool, pkg))
-    probe = subprocess.run(["/usr/bin/python3", "-c", "import boto3"], capture_output=True)
+    probe = subprocess.run(["/usr/bin/python3", "-c", "import boto3, sys; print('%d.%d' % sys.version_info[:2])"],
+                           capture_output=True, text=True)
     if probe.returncode != 0:
         raise LabError("the instance's python (/usr/bin/python3) has no boto3: apt-get install -y python3-boto3")
+    return probe.stdout.strip()
 
 
 def deploy(state: dict[str, Any], stack_name: str) -> dict[str, Any]:
@@ -190,7 +193,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         print("lab already up (moto pid %s, labd pid %s); 'labctl down' first to start afresh"
               % (state["moto_pid"], state.get("labd_pid")))
         return
-    check_prerequisites()
+    instance_python = check_prerequisites()
     t0 = time.time()
     for attempt in range(1, UP_ATTEMPTS + 1):
         try:
@@ -208,6 +211,8 @@ def cmd_up(args: argparse.Namespace) -> None:
                   "moto's log said:\n  %s" % (attempt, UP_ATTEMPTS, "\n  ".join(cause) or "(no traceback)"),
                   file=sys.stderr)
     state["up_seconds"] = round(time.time() - t0, 2)
+    # the playbooks' payloads may carry bytecode: the instance runs this Python's version (state.lab_env)
+    state["payload_bytecode"] = instance_python == "%d.%d" % sys.version_info[:2]
     save(state)
     print("lab up in %.1f s: stack %s, instance %s (stopped), bucket %s, EFS %s"
           % (state["up_seconds"], info["stack_name"], info["instance_id"], info["bucket"], info["fs_id"]))
