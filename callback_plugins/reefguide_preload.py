@@ -15,7 +15,8 @@ module and every module_utils file it imports (91 files, about 2.3 s of CPU a
 stage) although the same files serve every module of the run. Parsed in the
 parent and kept by content, the workers find them parsed.
 
-With REEFGUIDE_PAYLOAD_BYTECODE=1 (the lab sets it: its instance runs the
+With REEFGUIDE_PAYLOAD_BYTECODE set (the lab sets it to a directory of its own,
+which keeps the compiled files for the next runs: its instance runs the
 controller's Python version) each module_utils file goes into a payload compiled
 too, and the module starts without compiling its payload (zipimport caches
 nothing): about 0.2 s of CPU less for each module and each async_wrapper. An
@@ -39,8 +40,9 @@ description:
     botocore loader they share, so each worker inherits them parsed.
   - Parses the modules sent to the instance, and the module_utils they import, once per run
     instead of once per module in each worker that builds a payload.
-  - With REEFGUIDE_PAYLOAD_BYTECODE=1 (set by the lab), puts each module_utils file in a payload
-    compiled too, for an instance that runs the controller's Python version.
+  - With REEFGUIDE_PAYLOAD_BYTECODE set (to 1, or to a directory that keeps the compiled files, as
+    the lab does), puts each module_utils file in a payload compiled too, for an instance that runs
+    the controller's Python version.
   - Freezes what is alive at each play's start out of the garbage collector's reach, so the
     forked workers do not walk it.
   - Prints nothing and changes no result.
@@ -49,6 +51,7 @@ description:
 import datetime
 import gc
 import glob
+import hashlib
 import importlib.util
 import io
 import marshal
@@ -83,8 +86,9 @@ class CallbackModule(CallbackBase):
             pass
         self.warmed = False
         self.parse_once = _parse_module_ast_once()
-        if os.environ.get("REEFGUIDE_PAYLOAD_BYTECODE") == "1":
-            _send_bytecode_too()
+        wanted = os.environ.get("REEFGUIDE_PAYLOAD_BYTECODE", "")
+        if wanted:  # "1", or a directory that keeps the compiled files for the next runs
+            _send_bytecode_too("" if wanted == "1" else wanted)
 
     def v2_playbook_on_play_start(self, play):
         # a play on the controller alone (molecule's create and verify, a test's set-up) calls no
@@ -169,19 +173,44 @@ def bytecode(name: str, source: bytes) -> bytes:
 
 
 class _WithBytecode:
-    """A payload's zip that takes each .py written to it with its .pyc beside it."""
+    """A payload's zip that takes each .py written to it with its .pyc beside it. The .pyc files are
+    kept by name and content for the run, and in cache_dir (when given) for the runs after it."""
 
-    def __init__(self, zf: zipfile.ZipFile, compiled: dict) -> None:
-        self._zf, self._compiled = zf, compiled
+    def __init__(self, zf: zipfile.ZipFile, compiled: dict, cache_dir: str) -> None:
+        self._zf, self._compiled, self._cache_dir = zf, compiled, cache_dir
+
+    def _pyc(self, name: str, source: bytes) -> bytes:
+        key = (name, source)
+        pyc = self._compiled.get(key)
+        if pyc is not None:
+            return pyc
+        path = None
+        if self._cache_dir:
+            digest = hashlib.sha256(importlib.util.MAGIC_NUMBER + name.encode() + b"\0" + source).hexdigest()
+            path = os.path.join(self._cache_dir, digest + ".pyc")
+            try:
+                with open(path, "rb") as fh:
+                    pyc = self._compiled[key] = fh.read()
+                return pyc
+            except OSError:
+                pass
+        pyc = self._compiled[key] = bytecode(name, source)
+        if path:
+            try:
+                os.makedirs(self._cache_dir, exist_ok=True)
+                tmp = "%s.%d.tmp" % (path, os.getpid())
+                with open(tmp, "wb") as fh:
+                    fh.write(pyc)
+                os.replace(tmp, path)
+            except OSError:
+                pass  # a cache it cannot write costs a compile next run, nothing else
+        return pyc
 
     def writestr(self, zinfo, data, *args, **kwargs):
         self._zf.writestr(zinfo, data, *args, **kwargs)
         name = getattr(zinfo, "filename", zinfo)
         if isinstance(zinfo, zipfile.ZipInfo) and name.endswith(".py"):
-            key = (name, bytes(data))
-            pyc = self._compiled.get(key)
-            if pyc is None:
-                pyc = self._compiled[key] = bytecode(name, key[1])
+            pyc = self._pyc(name, bytes(data))
             if pyc:
                 info = zipfile.ZipInfo(name + "c", date_time=zinfo.date_time)
                 info.compress_type = zinfo.compress_type
@@ -191,14 +220,14 @@ class _WithBytecode:
         return getattr(self._zf, attr)
 
 
-def _send_bytecode_too() -> bool:
+def _send_bytecode_too(cache_dir: str = "") -> bool:
     """Puts each module_utils file of a payload in it twice: as source, and compiled by this
     controller's Python. zipimport compiles every file of a payload each time a module starts (about
     0.2 s of CPU for a module with ansible.module_utils.basic, and as much for async_wrapper): an
     interpreter of the controller's minor version takes the compiled file instead; any other finds
     another magic number and compiles the source as before. Each file is compiled once per run, in
-    the parent when the preload walks the sent modules. False when this ansible-core has no
-    recursive_finder."""
+    the parent when the preload walks the sent modules, or once for all runs with a cache_dir.
+    False when this ansible-core has no recursive_finder."""
     try:
         from ansible.executor import module_common
         find = module_common.recursive_finder
@@ -209,7 +238,7 @@ def _send_bytecode_too() -> bool:
     compiled: dict = {}
 
     def find_with_bytecode(module_name, module_fqn, module_data, zf, *args, **kwargs):
-        return find(module_name, module_fqn, module_data, _WithBytecode(zf, compiled), *args, **kwargs)
+        return find(module_name, module_fqn, module_data, _WithBytecode(zf, compiled, cache_dir), *args, **kwargs)
 
     find_with_bytecode.compiled = compiled
     module_common.recursive_finder = find_with_bytecode

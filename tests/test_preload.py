@@ -113,3 +113,26 @@ def test_payloads_carry_each_file_compiled_which_this_python_takes_and_another_s
     before = len(module_common.recursive_finder.compiled)
     payload("efs_release")
     assert len(module_common.recursive_finder.compiled) < before + 10
+
+
+def test_a_cache_directory_keeps_the_compiled_files_for_the_next_run(preload, tmp_path):
+    cache = tmp_path / "bytecode"
+    assert preload._send_bytecode_too(str(cache))
+    first = payload("efs_mount")
+    kept = sorted(cache.iterdir())
+    assert kept and len(kept) == sum(n.endswith(".pyc") for n in first)
+    # the next run (a fresh process: nothing in memory) takes them from the cache, compiling nothing;
+    # a file whose source changed is compiled anew
+    module_common.recursive_finder.compiled.clear()
+    compiles = []
+    real = preload.bytecode
+    preload.bytecode = lambda name, source: compiles.append(name) or real(name, source)
+    try:
+        assert payload("efs_mount") == first
+        assert compiles == []
+        zf = zipfile.ZipFile(io.BytesIO(), "w")
+        preload._WithBytecode(zf, {}, str(cache)).writestr(zipfile.ZipInfo("ansible/module_utils/x.py"), b"y = 2\n")
+        assert compiles == ["ansible/module_utils/x.py"]
+        assert len(list(cache.iterdir())) == len(kept) + 1
+    finally:
+        preload.bytecode = real

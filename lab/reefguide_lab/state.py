@@ -121,8 +121,9 @@ def lab_env(state: dict[str, Any]) -> dict[str, str]:
     if state.get("payload_bytecode"):
         # the lab's instance runs the controller's Python version, so the modules it receives can
         # start without compiling their payload (callback_plugins/reefguide_preload.py); AWS's
-        # instances run another (Amazon Linux 2023: 3.9), where bytecode would only add bytes
-        env["REEFGUIDE_PAYLOAD_BYTECODE"] = "1"
+        # instances run another (Amazon Linux 2023: 3.9), where bytecode would only add bytes;
+        # compiled once for all the lab's runs
+        env["REEFGUIDE_PAYLOAD_BYTECODE"] = str(lab_dir() / "bytecode")
     # `labctl up --iam`: the operator's keys (iam/operator-policy.json), not moto's anonymous ones.
     env.update(iam_credentials(state, "reefguide-operator") or CREDENTIALS)
     return env
