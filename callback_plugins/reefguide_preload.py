@@ -23,6 +23,9 @@ nothing): about 0.2 s of CPU less for each module and each async_wrapper. An
 interpreter of another version compiles the source as before; on AWS (Amazon
 Linux 2023's Python 3.9) the bytecode would only triple the payloads' bytes.
 
+With it set to a directory, the payloads a run built are kept there too, and a
+later run built from the same files takes them: no parse, no build.
+
 All this is frozen out of the garbage collector's reach at each play's start
 (gc.freeze, Python's advice before forking): a worker's collections would
 otherwise walk every object it inherited, and copy the pages they touch."""
@@ -42,7 +45,7 @@ description:
     instead of once per module in each worker that builds a payload.
   - With REEFGUIDE_PAYLOAD_BYTECODE set (to 1, or to a directory that keeps the compiled files, as
     the lab does), puts each module_utils file in a payload compiled too, for an instance that runs
-    the controller's Python version.
+    the controller's Python version; with a directory, keeps the payloads there for the next runs.
   - Freezes what is alive at each play's start out of the garbage collector's reach, so the
     forked workers do not walk it.
   - Prints nothing and changes no result.
@@ -56,6 +59,7 @@ import importlib.util
 import io
 import marshal
 import os
+import shutil
 import sys
 import zipfile
 
@@ -87,15 +91,17 @@ class CallbackModule(CallbackBase):
         self.warmed = False
         self.parse_once = _parse_module_ast_once()
         wanted = os.environ.get("REEFGUIDE_PAYLOAD_BYTECODE", "")
-        if wanted:  # "1", or a directory that keeps the compiled files for the next runs
+        if wanted:  # "1", or a directory that keeps the compiled files and payloads for the next runs
             _send_bytecode_too("" if wanted == "1" else wanted)
+        self.payloads = PayloadCache(wanted) if wanted not in ("", "1") else None
 
     def v2_playbook_on_play_start(self, play):
         # a play on the controller alone (molecule's create and verify, a test's set-up) calls no
         # AWS module in the worker and sends none: the parses (1 s) are for plays on a deployment
         if not self.warmed and not all(h in ("localhost", "127.0.0.1") for h in (play.hosts or [])):
             self.warmed = True
-            if self.parse_once:
+            # payloads an earlier run built from the same files need no parse; any other is built as ever
+            if self.parse_once and not (self.payloads and self.payloads.restore()):
                 _parse_sent_modules()
             try:
                 in_process = sys.modules[action_loader.get("reefguide_in_process", class_only=True).__module__]
@@ -106,6 +112,10 @@ class CallbackModule(CallbackBase):
         # worker forked from here neither scans it nor copies its pages by touching it (about 2 s of
         # CPU a stage)
         gc.freeze()
+
+    def v2_playbook_on_stats(self, stats):
+        if self.payloads and self.warmed:
+            self.payloads.keep()
 
 
 def _parse_module_ast_once() -> bool:
@@ -131,6 +141,62 @@ def _parse_module_ast_once() -> bool:
     parse_once.parsed = parsed
     module_common._compile_module_ast = parse_once
     return True
+
+
+class PayloadCache:
+    """The modules' payloads a run built (Ansible's per-run ansiballz_cache), kept in
+    root/payloads/<key> for the runs after it, which take them instead of building them: no parse
+    in ansible-playbook, no build in a worker. The key changes with any file a payload can be built
+    from: ansible-core's version, this Python, this callback, and every file of the module and
+    module_utils paths."""
+
+    def __init__(self, root: str) -> None:
+        self.dir = os.path.join(root, "payloads", payload_key())
+        self.run_cache = os.path.join(C.DEFAULT_LOCAL_TMP, "ansiballz_cache")
+
+    def restore(self) -> bool:
+        """Copies the kept payloads into this run's cache; False when none are kept."""
+        try:
+            names = os.listdir(self.dir)
+        except OSError:
+            return False
+        os.makedirs(self.run_cache, exist_ok=True)
+        for name in names:
+            _copy_atomically(os.path.join(self.dir, name), os.path.join(self.run_cache, name))
+        return bool(names)
+
+    def keep(self) -> None:
+        """Keeps what this run built that is not kept yet (a killed run keeps nothing)."""
+        try:
+            names = [n for n in os.listdir(self.run_cache) if not n.endswith((".lock", "-part"))]
+            os.makedirs(self.dir, exist_ok=True)
+            for name in names:
+                if not os.path.exists(os.path.join(self.dir, name)):
+                    _copy_atomically(os.path.join(self.run_cache, name), os.path.join(self.dir, name))
+        except OSError:
+            pass  # a cache it cannot write costs the next run a build, nothing else
+
+
+def payload_key() -> str:
+    from ansible.release import __version__
+
+    digest = hashlib.sha256(__version__.encode() + b"\0" + importlib.util.MAGIC_NUMBER)
+    with open(__file__, "rb") as fh:
+        digest.update(fh.read())
+    for top in list(C.DEFAULT_MODULE_PATH) + list(C.DEFAULT_MODULE_UTILS_PATH):
+        for root, dirs, files in os.walk(top):
+            dirs.sort()
+            for name in sorted(f for f in files if f.endswith(".py")):
+                path = os.path.join(root, name)
+                with open(path, "rb") as fh:
+                    digest.update(path.encode() + b"\0" + fh.read() + b"\0")
+    return digest.hexdigest()[:32]
+
+
+def _copy_atomically(src: str, dst: str) -> None:
+    tmp = "%s.%d.tmp" % (dst, os.getpid())
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def _parse_sent_modules() -> None:

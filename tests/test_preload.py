@@ -14,6 +14,7 @@ import io
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 from ansible.executor import module_common
@@ -136,3 +137,41 @@ def test_a_cache_directory_keeps_the_compiled_files_for_the_next_run(preload, tm
         assert len(list(cache.iterdir())) == len(kept) + 1
     finally:
         preload.bytecode = real
+
+
+def test_payloads_a_run_built_are_kept_for_the_next_runs_until_a_file_they_are_built_from_changes(
+        preload, monkeypatch, tmp_path):
+    library, utils = tmp_path / "library", tmp_path / "module_utils" / "reefguide"
+    library.mkdir()
+    utils.mkdir(parents=True)
+    (library / "m.py").write_text("from ansible.module_utils.reefguide import u\n")
+    (utils / "u.py").write_text("X = 1\n")
+    monkeypatch.setattr(preload.C, "DEFAULT_MODULE_PATH", [str(library)])
+    monkeypatch.setattr(preload.C, "DEFAULT_MODULE_UTILS_PATH", [str(tmp_path / "module_utils")])
+    run_caches = iter(tmp_path / ("run%d" % i) for i in range(10))
+
+    def a_run() -> tuple:
+        """A run's cache (a fresh ansiballz_cache) and the payload cache it finds."""
+        monkeypatch.setattr(preload.C, "DEFAULT_LOCAL_TMP", str(next(run_caches)))
+        return Path(preload.C.DEFAULT_LOCAL_TMP) / "ansiballz_cache", preload.PayloadCache(str(tmp_path / "kept"))
+
+    built, cache = a_run()
+    assert not cache.restore(), "nothing kept yet: the run parses and builds as ever"
+    built.mkdir(parents=True)
+    (built / "ansible.legacy.m-ZIP_DEFLATED-none").write_bytes(b"payload of m")
+    (built / "ansible.legacy.m-ZIP_DEFLATED-none.lock").write_bytes(b"")
+    cache.keep()
+    nxt, cache = a_run()
+    assert cache.restore()
+    assert sorted(p.name for p in nxt.iterdir()) == ["ansible.legacy.m-ZIP_DEFLATED-none"]
+    assert (nxt / "ansible.legacy.m-ZIP_DEFLATED-none").read_bytes() == b"payload of m"
+    # an edited module_utils file (or module) makes another key: what was kept is not taken
+    (utils / "u.py").write_text("X = 2\n")
+    _, cache = a_run()
+    assert not cache.restore()
+    (utils / "u.py").write_text("X = 1\n")
+    _, cache = a_run()
+    assert cache.restore()
+    (library / "m.py").write_text("from ansible.module_utils.reefguide import u  # edited\n")
+    _, cache = a_run()
+    assert not cache.restore()
