@@ -92,6 +92,7 @@ def test_a_file_is_parsed_once_and_an_edited_one_again(preload):
 
 
 def test_payloads_carry_each_file_compiled_which_this_python_takes_and_another_skips(preload, tmp_path):
+    assert preload._parse_module_ast_once()  # each payload below parses its files once, as in a run
     usual = payload("s3_sync")
     assert preload._send_bytecode_too()
     assert preload._send_bytecode_too(), "installed twice"
@@ -118,6 +119,7 @@ def test_payloads_carry_each_file_compiled_which_this_python_takes_and_another_s
 
 def test_a_cache_directory_keeps_the_compiled_files_for_the_next_run(preload, tmp_path):
     cache = tmp_path / "bytecode"
+    assert preload._parse_module_ast_once()
     assert preload._send_bytecode_too(str(cache))
     first = payload("efs_mount")
     kept = sorted(cache.iterdir())
