@@ -35,7 +35,13 @@ from urllib.request import getproxies, proxy_bypass
 from xml.sax.saxutils import escape as xml_escape
 
 from ansible.module_utils.reefguide.interrupt import Interrupted
-from ansible.module_utils.reefguide.s3_connect import endpoint_for, ssl_context, tunnel
+from ansible.module_utils.reefguide.s3_connect import (
+    EXPECT_CONTINUE_FROM,
+    await_continue,
+    endpoint_for,
+    ssl_context,
+    tunnel,
+)
 from ansible.module_utils.reefguide.s3_errors import RETRY_CODES, RetryBudget, S3Error, TransientError, back_off
 from ansible.module_utils.reefguide.s3_settings import S3Settings, environment_settings
 from ansible.module_utils.reefguide.sync_common import LocalFileError, SyncError, thread_buffer
@@ -310,7 +316,14 @@ class S3Client:
             conn.putrequest(method, path + ("?" + qs if qs else ""), skip_host=True, skip_accept_encoding=True)
             for name, value in hdrs.items():
                 conn.putheader(name, value)
+            expect = isinstance(body, FileBody) and body.length >= EXPECT_CONTINUE_FROM
+            if expect:
+                conn.putheader("expect", "100-continue")  # unsigned, as botocore leaves it
             conn.endheaders()
+            early = await_continue(conn) if expect else None
+            if early:  # refused before the body went: S3's own reason, not a broken pipe
+                self.drop_connection()
+                raise self._error(op, early[0], early[1], early[2], key)
             if isinstance(body, FileBody):
                 self._send_file(conn, body, note)
             elif body:

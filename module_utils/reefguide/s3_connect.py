@@ -1,7 +1,8 @@
 # How the S3 engine reaches S3: which host a bucket's requests go to (AWS's own endpoints,
 # virtual-hosted or path-style, FIPS and dual-stack, or a custom endpoint), the TLS context (the
 # CA bundle), and the CONNECT tunnel through HTTPS_PROXY. The same choices as botocore's, so that
-# the transfers reach what the boto3 calls reach (tests/test_s3_settings.py, test_s3_proxy.py).
+# the transfers reach what the boto3 calls reach (tests/test_s3_settings.py, test_s3_proxy.py). And
+# the wait for S3's go-ahead before a large body (Expect: 100-continue, tests/test_s3_continue.py).
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import base64
 import http.client
 import os
 import re
+import select
 import ssl
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 from urllib.parse import quote, unquote, urlsplit
 
 from ansible.module_utils.reefguide.s3_settings import S3Settings
@@ -88,3 +90,50 @@ def tunnel(proxy: str, host: str, port: int, timeout: float,
     conn = http.client.HTTPSConnection(p.hostname, p.port or 80, timeout=timeout, context=context)
     conn.set_tunnel(host, port, headers=headers)
     return conn, shown
+
+
+# A body this large goes after S3's "100 Continue": S3 refuses a request it will not take (expired
+# token, access denied, another region) before reading the body, and a sender that sent the body
+# anyway would see a broken pipe instead of S3's reason. A smaller body fits in the socket's buffers.
+EXPECT_CONTINUE_FROM = 1024 * 1024
+CONTINUE_WAIT = 1.0  # seconds without an answer after which the body goes anyway, as botocore does
+
+
+EarlyAnswer = tuple[int, dict[str, str], bytes]
+
+
+def await_continue(conn: http.client.HTTPConnection, wait: float = CONTINUE_WAIT) -> Optional[EarlyAnswer]:
+    """After the headers of a request sent with Expect: 100-continue: None once the server says
+    100 Continue (or nothing within wait seconds), else its final answer (status, headers with
+    lower-case names, body), given instead of reading the body. Reads no byte past that answer,
+    so http.client reads what follows the body as ever."""
+    sock: Any = conn.sock
+    if not (getattr(sock, "pending", None) and sock.pending()):  # TLS may hold a decrypted answer
+        readable, _, _ = select.select([sock], [], [], wait)
+        if not readable:
+            return None
+    fp = sock.makefile("rb", buffering=0)  # unbuffered: a byte at a time, nothing read ahead
+    try:
+        while True:
+            line = fp.readline(65537)
+            if not line:
+                raise http.client.RemoteDisconnected("the server closed the connection without an answer")
+            parts = line.split(None, 2)
+            if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+                raise http.client.BadStatusLine(line.decode("latin-1").strip())
+            status = int(parts[1])
+            headers = {k.lower(): v for k, v in http.client.parse_headers(fp).items()}
+            if status == 100:
+                return None
+            if status > 100:
+                break  # another 1xx is skipped, as http.client does
+        length = int(headers.get("content-length") or 0)
+        data = b""
+        while len(data) < length:
+            chunk = fp.read(length - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return status, headers, data
+    finally:
+        fp.close()
