@@ -249,9 +249,11 @@ def stage_summary(run: dict[str, Any]) -> list[str]:
         lines.append("Instance: its python lacked boto3; python3-boto3 was installed (once: later runs find it)")
     pull = stage.get("pull") or {}
     if pull:
-        lines.append("Pull on the instance: %d files / %d bytes transferred, %d skipped, %d deleted" % (
-            _files(pull, "transferred"), _bytes(pull, "transferred"), _files(pull, "skipped"),
-            _files(pull, "deleted")))
+        # what the pull skipped was on EFS already: the live copy the staging area was made from
+        # (or, for a mirror, the destination itself), so it did not travel
+        lines.append("Pull on the instance: %d files / %d bytes transferred, %d files / %d bytes reused from "
+                     "EFS, %d deleted" % (_files(pull, "transferred"), _bytes(pull, "transferred"),
+                                          _files(pull, "skipped"), _bytes(pull, "skipped"), _files(pull, "deleted")))
         lines += [line for line in (_efs_read_line(pull),) if line]
     if stage.get("release_id"):
         lines.append(_release_line(run, stage, request))

@@ -24,7 +24,7 @@ def staged_run(**over: object) -> dict:
         "request": REQUEST, "live": {"counts": COUNTS, "release_id": "r1", "recorded": True}, "nothing_to_do": False,
         "upload": {"transferred": {"files": 3, "bytes": 300}, "skipped": {"files": 7}},
         "stage": {"release_id": "r2", "previous_release_id": "r1",
-                  "pull": {"transferred": {"files": 3, "bytes": 300}, "skipped": {"files": 7},
+                  "pull": {"transferred": {"files": 3, "bytes": 300}, "skipped": {"files": 7, "bytes": 934},
                            "deleted": {"files": 1}},
                   "usage": {"bytes": 2 * 1024**3, "areas": {"data/reefguide": 2 * 1024**3}, "complete": True}},
         "failure": None, "price_per_gb_month": "0.30",
@@ -42,7 +42,8 @@ def test_a_successful_stage_says_what_travelled_the_release_and_how_to_roll_back
     assert "Staged /data/in -> EFS:data/reefguide (mode merge)" in lines
     assert "Plan: 1 new, 2 changed, 0 removed, 7 unchanged files (10 files, 1234 bytes locally)" in lines
     assert "Upload: 3 files / 300 bytes transferred, 7 skipped" in lines
-    assert "Pull on the instance: 3 files / 300 bytes transferred, 7 skipped, 1 deleted" in lines
+    assert ("Pull on the instance: 3 files / 300 bytes transferred, 7 files / 934 bytes reused from EFS, "
+            "1 deleted") in lines
     assert ("Release r2 is live (previous: r1). Roll back with: ansible-playbook rollback.yml -l lab "
             "-e dest=data/reefguide") in lines
     assert "Instance: 12 s from start request to stop" in lines
