@@ -62,6 +62,7 @@ import os
 import shutil
 import sys
 import zipfile
+from typing import Callable
 
 from ansible import constants as C
 from ansible.plugins.callback import CallbackBase
@@ -118,29 +119,38 @@ class CallbackModule(CallbackBase):
             self.payloads.keep()
 
 
+def _replace_once(name: str, kept: str, wrap: Callable[[Callable], Callable]) -> bool:
+    """Puts wrap(module_common.<name>) in its place, once (the wrapper's attribute kept marks it).
+    False when this ansible-core has no such function."""
+    try:
+        from ansible.executor import module_common
+        original = getattr(module_common, name)
+    except (ImportError, AttributeError):
+        return False
+    if getattr(original, kept, None) is None:
+        setattr(module_common, name, wrap(original))
+    return True
+
+
 def _parse_module_ast_once() -> bool:
     """Keeps each parse of module_common._compile_module_ast, keyed by name and source text, so a
     file is parsed once per run, whatever module imports it. The tree is only read afterwards
     (ModuleDepFinder visits it). False when this ansible-core has no such function."""
-    try:
-        from ansible.executor import module_common
-        parse = module_common._compile_module_ast
-    except (ImportError, AttributeError):
-        return False
-    if getattr(parse, "parsed", None) is not None:
-        return True
-    parsed: dict = {}
 
-    def parse_once(module_name, source_code):
-        key = (module_name, bytes(source_code))
-        tree = parsed.get(key)
-        if tree is None:
-            tree = parsed[key] = parse(module_name, source_code)
-        return tree
+    def wrap(parse: Callable) -> Callable:
+        parsed: dict = {}
 
-    parse_once.parsed = parsed
-    module_common._compile_module_ast = parse_once
-    return True
+        def parse_once(module_name, source_code):
+            key = (module_name, bytes(source_code))
+            tree = parsed.get(key)
+            if tree is None:
+                tree = parsed[key] = parse(module_name, source_code)
+            return tree
+
+        parse_once.parsed = parsed
+        return parse_once
+
+    return _replace_once("_compile_module_ast", "parsed", wrap)
 
 
 class PayloadCache:
@@ -294,18 +304,14 @@ def _send_bytecode_too(cache_dir: str = "") -> bool:
     another magic number and compiles the source as before. Each file is compiled once per run, in
     the parent when the preload walks the sent modules, or once for all runs with a cache_dir.
     False when this ansible-core has no recursive_finder."""
-    try:
-        from ansible.executor import module_common
-        find = module_common.recursive_finder
-    except (ImportError, AttributeError):
-        return False
-    if getattr(find, "compiled", None) is not None:
-        return True
-    compiled: dict = {}
 
-    def find_with_bytecode(module_name, module_fqn, module_data, zf, *args, **kwargs):
-        return find(module_name, module_fqn, module_data, _WithBytecode(zf, compiled, cache_dir), *args, **kwargs)
+    def wrap(find: Callable) -> Callable:
+        compiled: dict = {}
 
-    find_with_bytecode.compiled = compiled
-    module_common.recursive_finder = find_with_bytecode
-    return True
+        def find_with_bytecode(module_name, module_fqn, module_data, zf, *args, **kwargs):
+            return find(module_name, module_fqn, module_data, _WithBytecode(zf, compiled, cache_dir), *args, **kwargs)
+
+        find_with_bytecode.compiled = compiled
+        return find_with_bytecode
+
+    return _replace_once("recursive_finder", "compiled", wrap)
