@@ -116,7 +116,8 @@ def staged_leftovers(lab: Lab) -> list[str]:
 def counts(out: str, what: str) -> tuple[int, int]:
     """(transferred, skipped) files from the summary's Upload / Pull line (the pull's skipped files are
     those reused from EFS)."""
-    m = re.search(r"%s: (\d+) files / \d+ bytes transferred, (\d+) (?:skipped|files / \d+ bytes reused)" % what, out)
+    flat = re.sub(r"\s+", " ", out)  # the YAML callback folds a long line
+    m = re.search(r"%s: (\d+) files / \d+ bytes transferred, (\d+) (?:skipped|files / \d+ bytes reused)" % what, flat)
     assert m, (what, out[-3000:])
     return int(m.group(1)), int(m.group(2))
 
