@@ -167,7 +167,7 @@ class PayloadCache:
     def restore(self) -> bool:
         """Copies the kept payloads into this run's cache; False when none are kept."""
         try:
-            names = os.listdir(self.dir)
+            names = [n for n in os.listdir(self.dir) if not n.endswith(".tmp")]  # .tmp: a copy cut short
         except OSError:
             return False
         os.makedirs(self.run_cache, exist_ok=True)
@@ -178,7 +178,7 @@ class PayloadCache:
     def keep(self) -> None:
         """Keeps what this run built that is not kept yet (a killed run keeps nothing)."""
         try:
-            names = [n for n in os.listdir(self.run_cache) if not n.endswith((".lock", "-part"))]
+            names = [n for n in os.listdir(self.run_cache) if not n.endswith((".lock", "-part", ".tmp"))]
             os.makedirs(self.dir, exist_ok=True)
             for name in names:
                 if not os.path.exists(os.path.join(self.dir, name)):

@@ -7,9 +7,9 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from typing import Any
+from typing import Any, Optional
 
-from ansible.module_utils.reefguide.checksums import hash_file, stat_key
+from ansible.module_utils.reefguide.checksums import CHECKSUM_HEADER, Both, checksum_b64, hash_file, stat_key
 from ansible.module_utils.reefguide.local_tree import LocalFile, scan_source
 from ansible.module_utils.reefguide.manifest import RemoteState, manifest_body, manifest_doc
 from ansible.module_utils.reefguide.s3_client import FileBody, parse_xml
@@ -161,9 +161,8 @@ class PushSync:
                 size = 0  # counted as it is sent
         # The payload hash is the file's SHA-256: S3 rejects a body that does
         # not match it, so a file changing under us cannot be stored silently.
-        resp = self.client.call(
-            "PutObject", "PUT", key, headers=self._put_headers(sha, st.st_mtime_ns), body=body, payload_hash=sha
-        )
+        headers = dict(self._put_headers(sha, st.st_mtime_ns), **{CHECKSUM_HEADER: checksum_b64(bytes.fromhex(sha))})
+        resp = self.client.call("PutObject", "PUT", key, headers=headers, body=body, payload_hash=sha)
         self.progress.add_bytes(size)
         self.record_upload(lf, stat_key(st), sha, resp.headers.get("etag", "").strip('"'), uploaded, hashed_at)
 
@@ -175,25 +174,39 @@ class PushSync:
         self._count_hashed(st.st_size)
         return sha
 
+    def _shas_for_multipart(self, lf: LocalFile, st: os.stat_result,
+                            ranges: list[tuple[int, int]]) -> tuple[str, Optional[list[bytes]]]:
+        """The file's SHA-256 and, from the same read, each part's (S3 checks a part against it);
+        with the file's SHA-256 in the cache, no read here and each part is hashed as it goes."""
+        entry = self.cache.lookup(lf.rel, stat_key(st)) if self.cache else None
+        if entry:
+            return entry.sha256, None
+        whole, parts = hashlib.sha256(), []
+        for offset, length in ranges:
+            part = hashlib.sha256()
+            hash_file(lf.path, offset, length, Both(whole, part))
+            parts.append(part.digest())
+        self._count_hashed(st.st_size)
+        return whole.hexdigest(), parts
+
     def _upload_multipart(self, lf: LocalFile, runner: Runner, uploaded: dict) -> None:
         key = self._key(lf.rel)
         fh, st = self._open_stat(lf)
         fh.close()
         hashed_at = time.time_ns()
-        sha = self._sha_for_upload(lf, st)
+        ranges = part_ranges(st.st_size, self.opts.part_size)
+        sha, part_digests = self._shas_for_multipart(lf, st, ranges)
         with self.stats_lock:
             self.creating.add(key)
-        resp = self.client.call(
-            "CreateMultipartUpload", "POST", key, query={"uploads": ""}, headers=self._put_headers(sha, st.st_mtime_ns)
-        )
+        headers = dict(self._put_headers(sha, st.st_mtime_ns), **{"x-amz-checksum-algorithm": "SHA256"})
+        resp = self.client.call("CreateMultipartUpload", "POST", key, query={"uploads": ""}, headers=headers)
         upload_id = parse_xml(resp.data).findtext("UploadId")
         if not upload_id:
             raise SyncError("CreateMultipartUpload for %s returned no UploadId" % self.client.url_for(key))
         with self.stats_lock:
             self.open_uploads[upload_id] = key
             self.creating.discard(key)
-        ranges = part_ranges(st.st_size, self.opts.part_size)
-        job = MultipartUpload(self, lf, key, upload_id, ranges, st, sha, hashed_at, uploaded)
+        job = MultipartUpload(self, lf, key, upload_id, ranges, st, sha, hashed_at, uploaded, part_digests)
         with self.stats_lock:
             self.multipart_files += 1
         for number in range(1, len(ranges) + 1):
@@ -215,7 +228,7 @@ class PushSync:
             return
         body = manifest_body(doc)
         sha = hashlib.sha256(body).hexdigest()
-        headers = {"content-type": "application/json"}
+        headers = {"content-type": "application/json", CHECKSUM_HEADER: checksum_b64(bytes.fromhex(sha))}
         if self.opts.sse:
             headers.update({k: v for k, v in self._put_headers(sha, 0).items() if "encryption" in k})
         self.client.call("PutObject", "PUT", self._key(MANIFEST_NAME), headers=headers, body=body, payload_hash=sha)

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Optional
 from xml.sax.saxutils import escape as xml_escape
 
-from ansible.module_utils.reefguide.checksums import hash_file, stat_key
+from ansible.module_utils.reefguide.checksums import CHECKSUM_HEADER, checksum_b64, hash_file, stat_key
 from ansible.module_utils.reefguide.interrupt import Interrupted, as_interrupted
 from ansible.module_utils.reefguide.local_tree import LocalFile
 from ansible.module_utils.reefguide.manifest import RemoteObject
@@ -141,10 +141,13 @@ class MultipartUpload:
         sha: str,
         hashed_at: int,
         uploaded: dict,
+        part_digests: Optional[list[bytes]] = None,
     ):
         self.sync, self.lf, self.key, self.upload_id = sync, lf, key, upload_id
         self.ranges, self.st, self.sha, self.hashed_at, self.uploaded = ranges, st, sha, hashed_at, uploaded
+        self.part_digests = part_digests
         self.etags: dict[int, str] = {}
+        self.checksums: dict[int, str] = {}
         self.outstanding = len(ranges)
         self.failed = False
         self.lock = threading.Lock()
@@ -154,15 +157,22 @@ class MultipartUpload:
         try:
             if not self.failed and not runner.failed:
                 offset, length = self.ranges[number - 1]
+                # S3 checks the part against its SHA-256, signed and as its checksum (kept for the
+                # object, and what an Object Lock bucket requires); a part read twice is read again
+                digest = (self.part_digests[number - 1] if self.part_digests
+                          else hash_file(self.lf.path, offset, length).digest())
                 resp = self.sync.client.call(
                     "UploadPart",
                     "PUT",
                     self.key,
                     query={"partNumber": str(number), "uploadId": self.upload_id},
+                    headers={CHECKSUM_HEADER: checksum_b64(digest)},
                     body=FileBody(self.lf.path, offset, length, self.sync.progress.add_bytes),
+                    payload_hash=digest.hex(),
                 )
                 with self.lock:
                     self.etags[number] = resp.headers.get("etag", "")
+                    self.checksums[number] = checksum_b64(digest)
                 ok = True
         finally:
             with self.lock:
@@ -185,7 +195,8 @@ class MultipartUpload:
             body = (
                 "<CompleteMultipartUpload>"
                 + "".join(
-                    "<Part><PartNumber>%d</PartNumber><ETag>%s</ETag></Part>" % (n, xml_escape(self.etags[n]))
+                    "<Part><ChecksumSHA256>%s</ChecksumSHA256><ETag>%s</ETag><PartNumber>%d</PartNumber></Part>"
+                    % (self.checksums[n], xml_escape(self.etags[n]), n)
                     for n in sorted(self.etags)
                 )
                 + "</CompleteMultipartUpload>"
