@@ -59,7 +59,6 @@ import importlib.util
 import io
 import marshal
 import os
-import shutil
 import sys
 import zipfile
 from typing import Callable
@@ -204,9 +203,16 @@ def payload_key() -> str:
 
 
 def _copy_atomically(src: str, dst: str) -> None:
-    tmp = "%s.%d.tmp" % (dst, os.getpid())
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with open(src, "rb") as fh:
+        _write_atomically(dst, fh.read())
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Writes path whole or not at all (a reader, or a run killed meanwhile, never sees half of it)."""
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
 
 
 def _parse_sent_modules() -> None:
@@ -274,10 +280,7 @@ class _WithBytecode:
         if path:
             try:
                 os.makedirs(self._cache_dir, exist_ok=True)
-                tmp = "%s.%d.tmp" % (path, os.getpid())
-                with open(tmp, "wb") as fh:
-                    fh.write(pyc)
-                os.replace(tmp, path)
+                _write_atomically(path, pyc)
             except OSError:
                 pass  # a cache it cannot write costs a compile next run, nothing else
         return pyc

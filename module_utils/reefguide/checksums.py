@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -58,14 +57,6 @@ def hash_file(path: str, offset: int = 0, length: Optional[int] = None, hasher: 
     except OSError as exc:
         raise LocalFileError("cannot read %s: %s" % (path, exc.strerror or exc)) from exc
     return h
-
-
-CHECKSUM_HEADER = "x-amz-checksum-sha256"  # S3 checks the body against it and keeps it with the object
-
-
-def checksum_b64(digest: bytes) -> str:
-    """A SHA-256 digest as S3's checksum headers and XML carry it."""
-    return base64.b64encode(digest).decode("ascii")
 
 
 class Both:

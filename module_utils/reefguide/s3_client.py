@@ -47,6 +47,9 @@ from ansible.module_utils.reefguide.s3_settings import S3Settings, environment_s
 from ansible.module_utils.reefguide.sync_common import LocalFileError, SyncError, thread_buffer
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
+# A PUT whose payload hash is signed carries the same SHA-256 as its checksum: S3 checks the body
+# against it and keeps it with the object (or part), as a bucket with Object Lock requires.
+CHECKSUM_HEADER = "x-amz-checksum-sha256"
 CLEANUP_ATTEMPTS = 2  # per request, once interrupted: the clean-up must end in seconds
 
 
@@ -310,6 +313,8 @@ class S3Client:
             hdrs["content-length"] = str(body.length if isinstance(body, FileBody) else len(body))
         elif method in ("PUT", "POST"):
             hdrs["content-length"] = "0"
+        if method == "PUT" and body is not None and payload_hash != UNSIGNED:
+            hdrs[CHECKSUM_HEADER] = checksum_b64(bytes.fromhex(payload_hash))
         self.sign(method, path, qs, hdrs, payload_hash)
         conn = self._connection()
         try:
@@ -563,6 +568,11 @@ class S3Client:
             raise S3Error(code, "%s (%s)" % (message, self.url_for(key)), 200 if lasting else 500, "DeleteObjects")
 
         self.retrying(once)
+
+
+def checksum_b64(digest: bytes) -> str:
+    """A SHA-256 digest as S3's checksum headers and XML carry it."""
+    return base64.b64encode(digest).decode("ascii")
 
 
 def _md5_b64(data: bytes) -> str:

@@ -9,7 +9,7 @@ import os
 import time
 from typing import Any, Optional
 
-from ansible.module_utils.reefguide.checksums import CHECKSUM_HEADER, Both, checksum_b64, hash_file, stat_key
+from ansible.module_utils.reefguide.checksums import Both, hash_file, stat_key
 from ansible.module_utils.reefguide.local_tree import LocalFile, scan_source
 from ansible.module_utils.reefguide.manifest import RemoteState, manifest_body, manifest_doc
 from ansible.module_utils.reefguide.s3_client import FileBody, parse_xml
@@ -159,10 +159,11 @@ class PushSync:
                 sha = self._sha_for_upload(lf, st)
                 body = FileBody(lf.path, 0, st.st_size, self.progress.add_bytes)
                 size = 0  # counted as it is sent
-        # The payload hash is the file's SHA-256: S3 rejects a body that does
-        # not match it, so a file changing under us cannot be stored silently.
-        headers = dict(self._put_headers(sha, st.st_mtime_ns), **{CHECKSUM_HEADER: checksum_b64(bytes.fromhex(sha))})
-        resp = self.client.call("PutObject", "PUT", key, headers=headers, body=body, payload_hash=sha)
+        # The payload hash is the file's SHA-256 (and so its checksum): S3 rejects a body that
+        # does not match it, so a file changing under us cannot be stored silently.
+        resp = self.client.call(
+            "PutObject", "PUT", key, headers=self._put_headers(sha, st.st_mtime_ns), body=body, payload_hash=sha
+        )
         self.progress.add_bytes(size)
         self.record_upload(lf, stat_key(st), sha, resp.headers.get("etag", "").strip('"'), uploaded, hashed_at)
 
@@ -228,7 +229,7 @@ class PushSync:
             return
         body = manifest_body(doc)
         sha = hashlib.sha256(body).hexdigest()
-        headers = {"content-type": "application/json", CHECKSUM_HEADER: checksum_b64(bytes.fromhex(sha))}
+        headers = {"content-type": "application/json"}
         if self.opts.sse:
             headers.update({k: v for k, v in self._put_headers(sha, 0).items() if "encryption" in k})
         self.client.call("PutObject", "PUT", self._key(MANIFEST_NAME), headers=headers, body=body, payload_hash=sha)

@@ -11,11 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Optional
 from xml.sax.saxutils import escape as xml_escape
 
-from ansible.module_utils.reefguide.checksums import CHECKSUM_HEADER, checksum_b64, hash_file, stat_key
+from ansible.module_utils.reefguide.checksums import hash_file, stat_key
 from ansible.module_utils.reefguide.interrupt import Interrupted, as_interrupted
 from ansible.module_utils.reefguide.local_tree import LocalFile
 from ansible.module_utils.reefguide.manifest import RemoteObject
-from ansible.module_utils.reefguide.s3_client import FileBody, S3Client, parse_xml
+from ansible.module_utils.reefguide.s3_client import FileBody, S3Client, checksum_b64, parse_xml
 from ansible.module_utils.reefguide.s3_errors import S3Error, TransientError
 from ansible.module_utils.reefguide.sync_common import MAX_PARTS, LocalFileError, is_sha, parse_mtime_header
 
@@ -157,8 +157,8 @@ class MultipartUpload:
         try:
             if not self.failed and not runner.failed:
                 offset, length = self.ranges[number - 1]
-                # S3 checks the part against its SHA-256, signed and as its checksum (kept for the
-                # object, and what an Object Lock bucket requires); a part read twice is read again
+                # S3 checks the part against its SHA-256, signed and so also its checksum (s3_client);
+                # a part whose digest the file's read did not give is read here
                 digest = (self.part_digests[number - 1] if self.part_digests
                           else hash_file(self.lf.path, offset, length).digest())
                 resp = self.sync.client.call(
@@ -166,7 +166,6 @@ class MultipartUpload:
                     "PUT",
                     self.key,
                     query={"partNumber": str(number), "uploadId": self.upload_id},
-                    headers={CHECKSUM_HEADER: checksum_b64(digest)},
                     body=FileBody(self.lf.path, offset, length, self.sync.progress.add_bytes),
                     payload_hash=digest.hex(),
                 )
