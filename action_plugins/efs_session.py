@@ -223,6 +223,7 @@ class ActionModule(ActionBase):
 
     def run(self, tmp: Any = None, task_vars: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         self.task_vars = task_vars or {}
+        started = time.time()  # the stage summary's timeline: started_at always, ended_at on success
         redact_connection_display(self._connection)
         transport.guard_connection(self._connection)  # a session ended mid-command raises, never answers rc 0
         result = super().run(tmp, self.task_vars)
@@ -280,10 +281,12 @@ class ActionModule(ActionBase):
                 self.unmount(root, mounted_here and "job_running" not in result, result)
             except Exception as lost:
                 result.setdefault("warnings", []).append("EFS left mounted at %s: %s" % (root, lost))
+            result["started_at"] = started
             return result
         self.unmount(root, mounted_here, result)
         result.update(outcome, steps=self.steps, mounted_here=mounted_here, remote_jobs=self.detached.jobs,
-                      polls=self.detached.polls, live_changed=self.live_changed)
+                      polls=self.detached.polls, live_changed=self.live_changed, started_at=started,
+                      ended_at=time.time())
         return result
 
     def ensure_packages(self, install: bool, root: str) -> bool:

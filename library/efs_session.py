@@ -129,6 +129,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+started_at:
+  description: When the session's work began, in seconds since the epoch (the stage summary's timeline).
+  returned: when its arguments were valid
+  type: float
+ended_at:
+  description: When it ended, in seconds since the epoch.
+  returned: success
+  type: float
 job_running:
   description: >-
     After a failure, the job that changes what is live when it may still be running on the instance (its step,

@@ -75,6 +75,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+started_at:
+  description: When the call began, in seconds since the epoch (the stage summary's timeline).
+  returned: success
+  type: float
+ended_at:
+  description: When the call ended, in seconds since the epoch.
+  returned: success
+  type: float
 state_before:
   description: EC2 state when the call began.
   returned: always
@@ -202,12 +210,15 @@ def main() -> None:
                              "the stack needs a new management instance (redeploy it)" % (power.iid, before),
                          state_before=before)
     result: dict[str, Any] = dict(state_before=before, started_by_this_call=False, stopped_by_this_call=False,
-                                  ping_status=None)
+                                  ping_status=None, started_at=power.t0)
+
+    def done(changed: bool, state_after: str, seconds: float) -> None:
+        module.exit_json(changed=changed, state_after=state_after, seconds=seconds, ended_at=time.time(), **result)
 
     if want == "running":
         needs_start = before in ("stopped", "stopping")
         if module.check_mode:
-            module.exit_json(changed=needs_start, state_after="running", seconds=0.0, **result)
+            done(needs_start, "running", 0.0)
         if before == "stopping":
             power.wait_for("stopped")
         if needs_start:
@@ -219,18 +230,18 @@ def main() -> None:
                 result["ping_status"] = power.wait_online()
         else:
             after = power.state()  # EC2 has the request; a later call waits
-        module.exit_json(changed=needs_start, state_after=after, seconds=round(time.time() - power.t0, 1), **result)
+        done(needs_start, after, round(time.time() - power.t0, 1))
 
     needs_stop = before in ("running", "pending")
     if module.check_mode:
-        module.exit_json(changed=needs_stop, state_after="stopped", seconds=0.0, **result)
+        done(needs_stop, "stopped", 0.0)
     if before == "pending":
         power.wait_for("running")
     if needs_stop:
         power.call("stop")
         result["stopped_by_this_call"] = True
     after = power.wait_for("stopped") if module.params["wait"] else power.state()
-    module.exit_json(changed=needs_stop, state_after=after, seconds=round(time.time() - power.t0, 1), **result)
+    done(needs_stop, after, round(time.time() - power.t0, 1))
 
 
 if __name__ == "__main__":

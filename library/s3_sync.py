@@ -224,6 +224,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+started_at:
+  description: When the module began, in seconds since the epoch (the stage summary's timeline).
+  returned: success
+  type: float
+ended_at:
+  description: When the transfer ended, in seconds since the epoch.
+  returned: success
+  type: float
 direction:
   description: C(push) or C(pull), as given.
   returned: always
@@ -344,6 +352,7 @@ summary:
 """
 
 import os
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.reefguide.aws import AWS_COMMON_ARGS, describe_error, error_code, require_boto3
@@ -453,6 +462,7 @@ def diff_text(result: dict) -> str:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    started = time.time()
     mark_began(module)  # before any work: a job lost before this is started again
     require_boto3(module)
     p = module.params
@@ -493,6 +503,7 @@ def main() -> None:
         module.warn(note)
     result["notes"] = notes
     result["summary"] = summary(result)
+    result.update(started_at=started, ended_at=time.time())
     if module._diff:
         result["diff"] = {"prepared": diff_text(result)}
     module.exit_json(**result)
