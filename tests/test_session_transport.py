@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -92,14 +93,22 @@ def test_a_start_sent_twice_runs_once_and_the_second_finds_the_claim(tmp_path: P
     assert first.stdout.strip() == "started"
     assert json.loads(again.stdout) == {detached.CLAIMED: token}
     claimed, job, doc, running = detached.parse_started(sh(detached.started_probe(token)).stdout)
-    assert (claimed, running) == (True, False) and job is None  # a directory is not a job file
+    assert (claimed, running) == (True, []) and job is None  # a directory is not a job file
     (tmp_path / "jobs" / token / "j42.7").rmdir()
     (tmp_path / "jobs" / token / "j42.8.tmp").write_text("{}")
     assert detached.parse_started(sh(detached.started_probe(token)).stdout)[1] is None  # not written yet
     (tmp_path / "jobs" / token / "j42.8").write_text('{"started": true, "finished": false}')
     claimed, job, doc, running = detached.parse_started(sh(detached.started_probe(token)).stdout)
     assert claimed and job == "%s/j42.8" % detached.claim_dir(token) and not detached.finished(doc)
-    assert detached.parse_started(sh(detached.started_probe("ffff0000ffff0000")).stdout) == (False, None, None, False)
+    assert detached.parse_started(sh(detached.started_probe("ffff0000ffff0000")).stdout) == (False, None, None, [])
+    # a process of the start still running (its environment names the token's directory) is named
+    env = dict(os.environ, ANSIBLE_ASYNC_DIR=detached.claim_dir(token))
+    with subprocess.Popen(["sleep", "30"], env=env) as proc:
+        try:
+            running = detached.parse_started(sh(detached.started_probe(token)).stdout)[3]
+        finally:
+            proc.kill()
+    assert running == ["%d sleep 30" % proc.pid], running
 
 
 def test_a_torn_or_empty_poll_is_not_read_as_a_dead_job() -> None:
@@ -165,7 +174,8 @@ def test_a_start_without_answer_is_followed_if_it_runs_and_started_again_only_if
     monkeypatch.setattr(detached.time, "sleep", lambda s: None)
     job = "%s/j42.7" % detached.claim_dir("t1")
     running = '{"started": true, "finished": false}'
-    assert Probed(["claimed\njob %s\n%s\nrunning\n" % (job, running)]).find_started("pull", "t1") == job
+    wrapper = "running 4242 /usr/bin/python3 async_wrapper.py j1 3599\n"  # a process of the start
+    assert Probed(["claimed\njob %s\n%s\n%s" % (job, running, wrapper)]).find_started("pull", "t1") == job
     assert Probed(["claimed\njob %s\n{\"rc\": 0}\n" % job]).find_started("pull", "t1") == job  # it ended
     killed = Probed(["claimed\njob %s\n%s\n" % (job, running)])  # started, no process left: start again
     assert killed.find_started("pull", "t1") is None and killed.commands[-1].startswith("rm -rf ")
@@ -173,8 +183,9 @@ def test_a_start_without_answer_is_followed_if_it_runs_and_started_again_only_if
     empty = Probed(["claimed\n"])  # async_wrapper died before its job began: the claim is taken back
     assert empty.find_started("pull", "t1") is None and empty.commands[-1].startswith("rm -rf ")
     monkeypatch.setattr(detached, "STUCK_START", 0.0)
-    with pytest.raises(AnsibleActionFail, match="still runs on the instance .* not starting another"):
-        Probed(["claimed\nrunning\n"] * 3).find_started("pull", "t1")
+    with pytest.raises(AnsibleActionFail, match="still runs on the instance .*pid 4242 /usr/bin/python3 "
+                                                "async_wrapper.py j1 3599\\); not starting another"):
+        Probed(["claimed\n" + wrapper] * 3).find_started("pull", "t1")
 
     starts: list[str] = []
 
@@ -195,7 +206,7 @@ def test_a_start_without_answer_is_followed_if_it_runs_and_started_again_only_if
             return super().start_once(module, args, token, deadline)
     starts.clear()
     assert TmpDirSentTwice(["", ""]).start("pull", "s3_sync", {}, None)["jid"] == "j9.1" and len(starts) == 2
-    claimed = CutThenStarted(["claimed\njob %s\n%s\nrunning\n" % (job, running), ""])
+    claimed = CutThenStarted(["claimed\njob %s\n%s\n%s" % (job, running, wrapper), ""])
     starts.clear()
     rec = claimed.start("pull", "s3_sync", {}, None)
     assert len(starts) == 1 and rec["jid"] == "j42.7" and rec["results_file"] == job  # followed, not resent

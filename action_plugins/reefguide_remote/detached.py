@@ -100,17 +100,19 @@ def guarded_start(cmd: str, token: str) -> str:
 
 def started_probe(token: str) -> str:
     """A shell command saying what became of a start: 'claimed' (its directory exists), 'job PATH'
-    and the next line its content (async_wrapper's job file), 'running' (a process carries the
-    token in its environment: async_wrapper's and the module's all do)."""
+    and the next line its content (async_wrapper's job file), and 'running PID COMMAND' for each
+    process that carries the token in its environment (async_wrapper's and the module's all do)."""
     claim = shlex.quote(claim_dir(token))
     return ("if [ -d %s ]; then echo claimed; for f in %s/j*; do case $f in *.tmp) ;; *) [ -f \"$f\" ] && "
             "echo \"job $f\" && cat \"$f\" && echo;; esac; done; fi; "
-            "if grep -qsz %s /proc/[0-9]*/environ; then echo running; fi; true"
+            "for e in $(grep -lsz %s /proc/[0-9]*/environ); do p=${e%%/environ}; "
+            "echo \"running ${p#/proc/} $(tr '\\000' ' ' < $p/cmdline 2>/dev/null | cut -c1-160)\"; done; true"
             % (claim, claim, shlex.quote("ANSIBLE_ASYNC_DIR=" + claim_dir(token))))
 
 
-def parse_started(stdout: str) -> tuple[bool, Optional[str], Optional[dict[str, Any]], bool]:
-    """(claimed, job file path or None, its content or None, running) from started_probe's output."""
+def parse_started(stdout: str) -> tuple[bool, Optional[str], Optional[dict[str, Any]], list[str]]:
+    """(claimed, job file path or None, its content or None, the processes of the start that still
+    run, each 'PID COMMAND') from started_probe's output."""
     lines = [ln.strip() for ln in (stdout or "").splitlines()]
     path, doc = None, None
     for i, ln in enumerate(lines):
@@ -120,7 +122,8 @@ def parse_started(stdout: str) -> tuple[bool, Optional[str], Optional[dict[str, 
                 doc = json.loads(lines[i + 1]) if i + 1 < len(lines) else None
             except ValueError:
                 doc = None
-    return "claimed" in lines, path, doc if isinstance(doc, dict) else None, "running" in lines
+    running = [ln[len("running "):] for ln in lines if ln.startswith("running ")]
+    return "claimed" in lines, path, doc if isinstance(doc, dict) else None, running
 
 
 def finished(job_file: Optional[dict[str, Any]]) -> bool:
@@ -231,8 +234,9 @@ class Detached:
             if time.time() >= give_up + STUCK_START:
                 raise AnsibleActionFail(
                     "%s: a process of its start (token %s) still runs on the instance %d s later without a job "
-                    "file in %s; not starting another: stop that process (or the instance) and run again"
-                    % (name, token, CLAIM_GRACE + STUCK_START, claim_dir(token)))
+                    "file in %s (%s); not starting another: stop that process (or the instance) and run again"
+                    % (name, token, CLAIM_GRACE + STUCK_START, claim_dir(token),
+                       "; ".join("pid %s" % proc for proc in running)))
             time.sleep(0.25)  # async_wrapper is between its fork and its job file
 
     def record(self, name: str, module: str, progress: Optional[str], token: str, jid: str,
