@@ -101,14 +101,19 @@ def test_a_start_sent_twice_runs_once_and_the_second_finds_the_claim(tmp_path: P
     claimed, job, doc, running = detached.parse_started(sh(detached.started_probe(token)).stdout)
     assert claimed and job == "%s/j42.8" % detached.claim_dir(token) and not detached.finished(doc)
     assert detached.parse_started(sh(detached.started_probe("ffff0000ffff0000")).stdout) == (False, None, None, [])
-    # a process of the start still running (its environment names the token's directory) is named
+    # a process of the start still running (its environment names the token's directory) is named;
+    # another process with that environment (the probe's own shells, once seen so) is not
     env = dict(os.environ, ANSIBLE_ASYNC_DIR=detached.claim_dir(token))
-    with subprocess.Popen(["sleep", "30"], env=env) as proc:
+    wrapper = [sys.executable, "-c", "import time; time.sleep(30)", "async_wrapper.py", "j1"]
+    with subprocess.Popen(wrapper, env=env) as proc, subprocess.Popen(["sleep", "30"], env=env) as other:
         try:
-            running = detached.parse_started(sh(detached.started_probe(token)).stdout)[3]
+            probe = subprocess.run(["/bin/sh", "-c", detached.started_probe(token)], env=env, capture_output=True,
+                                   text=True, timeout=30)
+            running = detached.parse_started(probe.stdout)[3]
         finally:
             proc.kill()
-    assert running == ["%d sleep 30" % proc.pid], running
+            other.kill()
+    assert running == ["%d %s" % (proc.pid, " ".join(wrapper))], running
 
 
 def test_a_torn_or_empty_poll_is_not_read_as_a_dead_job() -> None:

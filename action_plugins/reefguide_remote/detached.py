@@ -101,12 +101,15 @@ def guarded_start(cmd: str, token: str) -> str:
 def started_probe(token: str) -> str:
     """A shell command saying what became of a start: 'claimed' (its directory exists), 'job PATH'
     and the next line its content (async_wrapper's job file), and 'running PID COMMAND' for each
-    process that carries the token in its environment (async_wrapper's and the module's all do)."""
+    process of the start: async_wrapper's and the module's, which carry the token in their
+    environment. Only those count: the probe's own shells were once seen carrying it too (after a
+    session cut), and a probe that finds itself running waits for itself until STUCK_START."""
     claim = shlex.quote(claim_dir(token))
     return ("if [ -d %s ]; then echo claimed; for f in %s/j*; do case $f in *.tmp) ;; *) [ -f \"$f\" ] && "
             "echo \"job $f\" && cat \"$f\" && echo;; esac; done; fi; "
             "for e in $(grep -lsz %s /proc/[0-9]*/environ); do p=${e%%/environ}; "
-            "echo \"running ${p#/proc/} $(tr '\\000' ' ' < $p/cmdline 2>/dev/null | cut -c1-160)\"; done; true"
+            "c=$(tr '\\000' ' ' < $p/cmdline 2>/dev/null | cut -c1-160); "
+            "case $c in *async_wrapper.py*|*AnsiballZ_*) echo \"running ${p#/proc/} $c\";; esac; done; true"
             % (claim, claim, shlex.quote("ANSIBLE_ASYNC_DIR=" + claim_dir(token))))
 
 
