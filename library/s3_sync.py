@@ -357,6 +357,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.reefguide.aws import AWS_COMMON_ARGS, describe_error, error_code, require_boto3
 from ansible.module_utils.reefguide.controller_watch import end_with
+from ansible.module_utils.reefguide.credentials import environment_credentials
 from ansible.module_utils.reefguide.detached_job import mark_began
 from ansible.module_utils.reefguide.layout import RELEASES_DIR, is_mount_point
 from ansible.module_utils.reefguide.paths import UnsafePathError
@@ -464,8 +465,9 @@ def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     started = time.time()
     mark_began(module)  # before any work: a job lost before this is started again
-    require_boto3(module)
     p = module.params
+    if environment_credentials(p["profile"], p["region"])[0] is None:
+        require_boto3(module)  # botocore finds the credentials; with keys in the environment it is not imported
     what = "%s of %s %s s3://%s/%s" % (
         p["direction"],
         p["path"],
