@@ -9,8 +9,10 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -114,6 +116,67 @@ def test_a_start_sent_twice_runs_once_and_the_second_finds_the_claim(tmp_path: P
             proc.kill()
             other.kill()
     assert running == ["%d %s" % (proc.pid, " ".join(wrapper))], running
+
+
+def test_a_job_that_ends_while_the_probe_looks_is_read_finished_not_killed(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job ends just as the probe scans the processes (a grep on PATH that first ends it, as a
+    loaded instance once did): the probe then reads its job file finished, not "started, and no
+    process of it left", which would start a second pull beside the first's result."""
+    monkeypatch.setattr(detached, "JOBS_DIR", str(tmp_path / "jobs"))
+    token = "4567abcd4567abcd"
+    job_dir = tmp_path / "jobs" / token
+    job_dir.mkdir(parents=True)
+    job = job_dir / "j7.1"
+    job.write_text('{"started": true, "finished": false}')
+    env = dict(os.environ, ANSIBLE_ASYNC_DIR=detached.claim_dir(token))
+    wrapper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "async_wrapper.py", "j7"], env=env)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "grep").write_text("#!/bin/sh\nkill %d; while kill -0 %d 2>/dev/null; do sleep 0.05; done\n"
+                                  "printf '%%s' '{\"finished\": true, \"changed\": true}' > %s\nexec %s \"$@\"\n"
+                                  % (wrapper.pid, wrapper.pid, job, shutil.which("grep")))
+    (bin_dir / "grep").chmod(0o755)
+    try:
+        threading.Thread(target=wrapper.wait, daemon=True).start()  # reaped as soon as it is killed
+        probe = subprocess.run(["/bin/sh", "-c", detached.started_probe(token)], capture_output=True, text=True,
+                               env=dict(os.environ, PATH="%s:%s" % (bin_dir, os.environ["PATH"])), timeout=30)
+    finally:
+        wrapper.kill()
+    claimed, path, doc, running = detached.parse_started(probe.stdout)
+    assert (claimed, path, running) == (True, str(job), []), probe.stdout
+    assert detached.finished(doc), probe.stdout  # followed: its result is read, nothing started again
+
+
+def test_a_start_cut_by_a_session_end_leaves_nothing_in_the_tasks_environment() -> None:
+    """Ansible's _execute_module adds ANSIBLE_ASYNC_DIR to the task's environment for a start and takes
+    it out afterwards; a session cut in between left it there, and every later command of the task
+    (the probe's own shells) carried the job's token."""
+    class Shell:
+        options = {"async_dir": "~/.ansible_async"}
+
+        def get_option(self, name: str) -> Any:
+            return self.options[name]
+
+        def set_option(self, name: str, value: Any) -> None:
+            self.options[name] = value
+
+    class Action:
+        _task = type("Task", (), {"async_val": 0, "environment": [{"LANG": "C"}]})()
+        _connection = type("Connection", (), {"_shell": Shell()})()
+        task_vars: dict[str, Any] = {}
+        start_token = None
+
+        def _execute_module(self, **kwargs: Any) -> dict[str, Any]:
+            self._task.environment.append({"ANSIBLE_ASYNC_DIR": self._connection._shell.get_option("async_dir")})
+            raise transport.SessionCut("the SSM session ended in the middle of a command")
+
+    action = Action()
+    follower = detached.Detached(action, time.time() + 60, 1.0, None, "run")
+    with pytest.raises(transport.SessionCut):
+        follower.start_once("s3_sync", {}, "89abcdef89abcdef", time.time() + 60)
+    assert action._task.environment == [{"LANG": "C"}]
+    assert action._connection._shell.get_option("async_dir") == "~/.ansible_async"
 
 
 def test_a_torn_or_empty_poll_is_not_read_as_a_dead_job() -> None:

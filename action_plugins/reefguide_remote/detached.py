@@ -99,18 +99,20 @@ def guarded_start(cmd: str, token: str) -> str:
 
 
 def started_probe(token: str) -> str:
-    """A shell command saying what became of a start: 'claimed' (its directory exists), 'job PATH'
-    and the next line its content (async_wrapper's job file), and 'running PID COMMAND' for each
-    process of the start: async_wrapper's and the module's, which carry the token in their
-    environment. Only those count: the probe's own shells were once seen carrying it too (after a
-    session cut), and a probe that finds itself running waits for itself until STUCK_START."""
+    """A shell command saying what became of a start: 'running PID COMMAND' for each process of the
+    start (async_wrapper's and the module's, which carry the token in their environment), then
+    'claimed' (its directory exists) and 'job PATH' with the next line its content (async_wrapper's
+    job file). The processes come first: a job that ends between the two looks is then read
+    finished, never "started, and nothing of it runs" (a killed start, which is started again; seen
+    once in a loaded run). Only those processes count: a probe's shells that carry the token (they
+    did when a cut start left it in the task's environment) would wait for themselves."""
     claim = shlex.quote(claim_dir(token))
-    return ("if [ -d %s ]; then echo claimed; for f in %s/j*; do case $f in *.tmp) ;; *) [ -f \"$f\" ] && "
-            "echo \"job $f\" && cat \"$f\" && echo;; esac; done; fi; "
-            "for e in $(grep -lsz %s /proc/[0-9]*/environ); do p=${e%%/environ}; "
+    return ("for e in $(grep -lsz %s /proc/[0-9]*/environ); do p=${e%%/environ}; "
             "c=$(tr '\\000' ' ' < $p/cmdline 2>/dev/null | cut -c1-160); "
-            "case $c in *async_wrapper.py*|*AnsiballZ_*) echo \"running ${p#/proc/} $c\";; esac; done; true"
-            % (claim, claim, shlex.quote("ANSIBLE_ASYNC_DIR=" + claim_dir(token))))
+            "case $c in *async_wrapper.py*|*AnsiballZ_*) echo \"running ${p#/proc/} $c\";; esac; done; "
+            "if [ -d %s ]; then echo claimed; for f in %s/j*; do case $f in *.tmp) ;; *) [ -f \"$f\" ] && "
+            "echo \"job $f\" && cat \"$f\" && echo;; esac; done; fi; true"
+            % (shlex.quote("ANSIBLE_ASYNC_DIR=" + claim_dir(token)), claim, claim))
 
 
 def parse_started(stdout: str) -> tuple[bool, Optional[str], Optional[dict[str, Any]], list[str]]:
@@ -201,6 +203,9 @@ class Detached:
     def start_once(self, module: str, args: dict[str, Any], token: str, deadline: float) -> dict[str, Any]:
         task, shell = self.action._task, self.action._connection._shell
         saved = task.async_val, shell.get_option("async_dir")
+        # _execute_module adds ANSIBLE_ASYNC_DIR to the task's environment and takes it out after
+        # the start: a cut in between leaves it there, on every later command of the task
+        environment = len(task.environment or [])
         task.async_val = max(1, int(deadline - time.time()))  # async_wrapper kills it past its budget
         shell.set_option("async_dir", claim_dir(token))  # the job file lands in the token's directory
         self.action.start_token = token  # efs_session guards the start's command with it
@@ -210,6 +215,8 @@ class Detached:
         finally:
             task.async_val = saved[0]
             shell.set_option("async_dir", saved[1])
+            if task.environment:
+                del task.environment[environment:]
             self.action.start_token = None
             shell.tmpdir = None  # the job's (async_wrapper removes it), even when the start was cut
 
