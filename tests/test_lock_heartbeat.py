@@ -6,6 +6,7 @@ teardown tries, so the outcome does not depend on how busy the machine is."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ def test_break_lock_true_is_refused_while_the_stage_runs(hlab: Lab, tmp_path: Pa
     src = make_src(tmp_path / "src", "live", files=1500)
     env = ansible_env(hlab.env)
     env["ANSIBLE_STDOUT_CALLBACK"] = "default"
+    env["ANSIBLE_ASYNC_DIR"] = str(tmp_path / "async")  # where async_wrapper would leave its result files
     # a boot that outlasts the ttl: without a heartbeat the lock would look stale by the remote part
     hlab.set_boot_delay(TTL + 3)
     try:
@@ -69,6 +71,26 @@ def test_break_lock_true_is_refused_while_the_stage_runs(hlab: Lab, tmp_path: Pa
     assert tree(hlab.efs_path / DEST) == tree(src)
     assert lock_object(hlab) == {}
     assert hlab.supervisor()["instances"][hlab.instance_id]["ec2_state"] == "stopped"
+    # the heartbeat ran in a daemon forked from the task's worker, not under async_wrapper: no result
+    # file left on the controller, and nothing of the run outlives it (it watches the run's pid)
+    assert not (tmp_path / "async").exists() or list((tmp_path / "async").iterdir()) == []
+    deadline = time.time() + 60
+    while stage_processes(src):
+        assert time.time() < deadline, stage_processes(src)
+        time.sleep(0.2)
+
+
+def stage_processes(src: Path) -> list[str]:
+    """Processes whose command line is the stage's (ansible-playbook and its forks)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path("/proc/%s/cmdline" % entry).read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "ansible-playbook" in cmd and "src=%s " % src in cmd + " ":
+            found.append("%s %s" % (entry, cmd))
+    return found
 
 
 def test_break_lock_accepts_only_true_false_or_force(hlab: Lab) -> None:
