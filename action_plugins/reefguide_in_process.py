@@ -159,7 +159,10 @@ def start_here(action: ActionBase, module_name: str, module_args: dict[str, Any]
     os.close(write_end)
     os.waitpid(first, 0)
     with os.fdopen(read_end, "rb") as fh:
-        daemon = fh.read(32).decode() or "?"
+        daemon = fh.read(32).decode()
+    if not daemon:  # the daemon never got as far as its pid: nothing runs
+        return {"failed": True, "msg": "%s could not be started in the background (a fork of the task's worker "
+                                       "failed): run again" % module_name}
     return {"started": 1, "finished": 0, "changed": False, "ansible_job_id": "%s.%s" % (jid, daemon),
             "msg": "%s runs in the background (pid %s, at most %d s)" % (module_name, daemon, seconds)}
 
