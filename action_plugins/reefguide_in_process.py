@@ -66,12 +66,12 @@ def _host_vars(action: ActionBase, task_vars: dict[str, Any]) -> dict[str, Any]:
     return task_vars
 
 
-def runs_here(action: ActionBase, task_vars: dict[str, Any], detached: bool = False) -> bool:
-    """True when the module would run on this machine, as this user, in this very Python; with
-    detached, for an async task that is not polled (poll 0), else for a task that is not async."""
+def runs_here(action: ActionBase, task_vars: dict[str, Any]) -> bool:
+    """True when the module would run on this machine, as this user, in this very Python (an
+    async task only when it is not polled: poll 0)."""
     if getattr(action._connection, "transport", "") not in ("local", "ansible.builtin.local"):
         return False
-    if detached != bool(action._task.async_val) or (detached and action._task.poll != 0):
+    if action._task.async_val and action._task.poll != 0:
         return False
     if action._play_context.become or action._compute_environment_string():
         return False
@@ -171,10 +171,8 @@ class ActionModule(NormalAction):
     """Ansible's own action for a module (ansible.builtin.normal), run here when it can be."""
 
     def run(self, tmp: Any = None, task_vars: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-        if runs_here(self, task_vars or {}):
-            result = ActionBase.run(self, tmp, task_vars)
-            return merge_hash(result, run_here(self, self._task.action, self._task.args, task_vars or {}))
-        if runs_here(self, task_vars or {}, detached=True):
-            result = ActionBase.run(self, tmp, task_vars)
-            return merge_hash(result, start_here(self, self._task.action, self._task.args, task_vars or {}))
-        return super().run(tmp, task_vars)
+        if not runs_here(self, task_vars or {}):
+            return super().run(tmp, task_vars)
+        result = ActionBase.run(self, tmp, task_vars)
+        here = start_here if self._task.async_val else run_here
+        return merge_hash(result, here(self, self._task.action, self._task.args, task_vars or {}))
