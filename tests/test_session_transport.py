@@ -388,3 +388,55 @@ def test_a_job_async_wrapper_loses_before_its_module_began_is_started_again_and_
         "ansible_job_id": "j5.1", "results_file": "%s/j5.1" % detached.claim_dir(token)}
     res = began_then_died.run("pull", "s3_sync", {})
     assert res["failed"] and "died on the instance without a result" in res["msg"] and len(began_then_died.jobs) == 1
+
+
+# A shell's session whose child forked a daemon (setsid, no terminal) and is itself still running,
+# as async_wrapper's intermediate process is for a moment; and a command that sudo's use_pty put in a
+# session of its own on a pty. The session's end takes the second, never the daemon.
+SESSION_TREE = r"""
+import fcntl, os, pty, sys, termios, time
+ready = sys.argv[1]
+if os.fork() == 0:  # the daemon's parent, still alive in the shell's session
+    if os.fork() == 0:
+        os.setsid()
+        open(ready + ".daemon", "w").write(str(os.getpid()))
+        time.sleep(60)
+        os._exit(0)
+    time.sleep(60)
+    os._exit(0)
+if os.fork() == 0:  # sudo's command: a session of its own, on a pty
+    master, slave = pty.openpty()
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    open(ready + ".pty", "w").write(str(os.getpid()))
+    time.sleep(60)
+    os._exit(0)
+time.sleep(60)
+"""
+
+
+def test_a_session_end_takes_what_runs_on_its_terminals_and_leaves_a_detached_daemon(tmp_path: Path) -> None:
+    from reefguide_lab.session_end import session_processes
+
+    ready = str(tmp_path / "ready")
+    shell = subprocess.Popen([sys.executable, "-c", SESSION_TREE, ready], start_new_session=True)
+    try:
+        deadline = time.time() + 30
+        while not (os.path.exists(ready + ".daemon") and os.path.exists(ready + ".pty")):
+            assert time.time() < deadline and shell.poll() is None, "the process tree never got ready"
+            time.sleep(0.05)
+        time.sleep(0.2)  # both files are written before their pids' last step: sleep
+        daemon, on_pty = int(Path(ready + ".daemon").read_text()), int(Path(ready + ".pty").read_text())
+        taken = session_processes(shell.pid)
+        assert shell.pid in taken and on_pty in taken
+        assert daemon not in taken, taken
+    finally:
+        os.killpg(shell.pid, 9)
+        for name in (".daemon", ".pty"):
+            pid = Path(ready + name).read_text() if os.path.exists(ready + name) else ""
+            if pid:
+                try:
+                    os.kill(int(pid), 9)
+                except OSError:
+                    pass
+        shell.wait()

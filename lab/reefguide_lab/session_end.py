@@ -66,7 +66,7 @@ def transferred_names(buffer: bytearray) -> list:
 
 
 def _processes() -> dict[int, tuple]:
-    """pid -> (ppid, session id), as this (the host's) PID namespace numbers them."""
+    """pid -> (ppid, session id, controlling terminal), as this (the host's) PID namespace numbers them."""
     out: dict[int, tuple] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -76,18 +76,20 @@ def _processes() -> dict[int, tuple]:
                 fields = f.read().rsplit(b")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        out[int(entry)] = (int(fields[1]), int(fields[3]))
+        out[int(entry)] = (int(fields[1]), int(fields[3]), int(fields[4]))
     return out
 
 
 def session_processes(leader: int) -> set[int]:
-    """The session's processes and all their descendants (sudo's use_pty gives its command
-    a session of its own, still under the shell)."""
+    """The session's processes and their descendants that die with it: those on a terminal (sudo's
+    use_pty gives its command a session of its own on a pty, which hangs up), not a daemon that
+    detached itself (setsid, no terminal), even while the parent it forked from still exits."""
     procs = _processes()
-    members = {pid for pid, (_, sid) in procs.items() if sid == leader}
+    members = {pid for pid, (_, sid, _) in procs.items() if sid == leader}
     grew = True
     while grew:
-        children = {pid for pid, (ppid, _) in procs.items() if ppid in members and pid not in members}
+        children = {pid for pid, (ppid, sid, tty) in procs.items()
+                    if ppid in members and pid not in members and (sid == leader or tty != 0)}
         members |= children
         grew = bool(children)
     return members
